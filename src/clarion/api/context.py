@@ -1,0 +1,56 @@
+"""What every API handler starts from: the authenticated account and the process's services."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from clarion import errors, sids
+from clarion.api.auth import Authenticator
+from clarion.store.accounts import Principal
+from clarion.store.database import Database
+from clarion.vault import Vault
+
+
+@dataclass(frozen=True, kw_only=True)
+class Runtime:
+    """Per-process objects the app is built with (`request.app.state.runtime`)."""
+
+    database: Database
+    vault: Vault
+    authenticator: Authenticator
+
+
+@dataclass(frozen=True, kw_only=True)
+class Context:
+    request: Request
+    principal: Principal
+    database: Database
+    vault: Vault
+
+    @property
+    def account_id(self) -> int:
+        return self.principal.account_id
+
+    def url(self, path: str) -> str:
+        """The absolute URL of an API path, on the host the caller used."""
+        return f"{self.request.url.scheme}://{self.request.url.netloc}/v1{path}"
+
+    def path_sid(self, name: str, prefix: str) -> str:
+        """A SID from the URL; a malformed one is a resource that does not exist."""
+        value = str(self.request.path_params[name])
+        if not sids.is_sid(value, prefix):
+            raise errors.not_found()
+        return sids.normalize_sid(value)
+
+    def path_text(self, name: str) -> str:
+        return str(self.request.path_params[name])
+
+
+async def authenticated(request: Request) -> Context:
+    runtime: Runtime = request.app.state.runtime
+    principal = await runtime.authenticator(request)
+    return Context(
+        request=request, principal=principal, database=runtime.database, vault=runtime.vault
+    )

@@ -1,0 +1,178 @@
+"""`POST /v1/Services/{IS}/Notifications`: validate, store with its pending work, answer 201.
+
+Sending is the delivery engine's job; this handler's promise is that an accepted notification
+and all the work it implies are committed together, or not at all (§4.4).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+from starlette.requests import Request
+from starlette.responses import Response
+
+from clarion import addresses, errors, sids
+from clarion.api.bindings import IDENTITY_MAX, TAG_MAX, identity_value
+from clarion.api.context import authenticated
+from clarion.api.form import Form, parse_json_object
+from clarion.api.responses import json_response, timestamp
+from clarion.store import notifications, services
+from clarion.store.notifications import DirectAddress, NewNotification
+
+MAX_IDENTITIES = 20
+MAX_TAGS = 5
+MAX_SEGMENTS = 20
+MAX_TO_BINDINGS = 10_000
+MAX_TTL = 2_419_200  # four weeks, Twilio's default and maximum
+SEGMENT_MAX = 64
+
+TEXT_CONTENT = {
+    "Title": ("title", 1024),
+    "Body": ("body", 16_384),
+    "Sound": ("sound", 256),
+    "Action": ("action", 256),
+}
+# Object parameters → response field, and the top-level keys each refuses (spec §4.4).
+OBJECT_CONTENT: dict[str, tuple[str, tuple[str, ...]]] = {
+    "Data": ("data", ()),
+    "Apn": ("apn", ()),
+    "Gcm": ("gcm", ("to", "registration_ids", "notification_key")),
+    "Fcm": ("fcm", ("to", "registration_ids", "condition", "notification_key")),
+    "Sms": ("sms", ()),
+    "FacebookMessenger": ("facebook_messenger", ()),
+    "Alexa": ("alexa", ()),
+}
+# `twi_` keys are how Clarion itself talks to the apps' SDKs; callers may not forge them.
+NO_TWI_KEYS = ("Data", "Apn")
+
+
+def _content(form: Form) -> dict[str, Any]:
+    content: dict[str, Any] = {}
+    for name, (field, max_length) in TEXT_CONTENT.items():
+        content[field] = form.string(name, max_length=max_length)
+    for name, (field, refused) in OBJECT_CONTENT.items():
+        value = form.json_object(name)
+        if value is not None:
+            for key in value:
+                if key in refused:
+                    raise errors.invalid_parameter(name, f"the key '{key}' is not allowed here")
+                if name in NO_TWI_KEYS and key.startswith("twi_"):
+                    raise errors.invalid_parameter(
+                        name, f"keys starting with 'twi_' are reserved (got '{key}')"
+                    )
+        content[field] = value
+    if content["sms"] is not None:
+        _check_sms(content["sms"])
+    if all(value is None for value in content.values()):
+        raise errors.bad_request(
+            "A notification needs content: give Body, Title, Data or a channel override "
+            "(Apn, Fcm, Gcm, Sms, FacebookMessenger)"
+        )
+    return content
+
+
+def _check_sms(sms: dict[str, Any]) -> None:
+    if "body" in sms and not isinstance(sms["body"], str):
+        raise errors.invalid_parameter("Sms", "'body' must be a string")
+    media = sms.get("media_urls", [])
+    if (
+        not isinstance(media, list)
+        or len(media) > 10
+        or not all(
+            isinstance(url, str) and url.startswith(("http://", "https://")) for url in media
+        )
+    ):
+        raise errors.invalid_parameter("Sms", "'media_urls' must be a list of up to 10 URLs")
+    if "status_callback" in sms and not (
+        isinstance(sms["status_callback"], str)
+        and sms["status_callback"].startswith(("http://", "https://"))
+    ):
+        raise errors.invalid_parameter("Sms", "'status_callback' must be an http or https URL")
+
+
+def _direct(form: Form) -> list[DirectAddress]:
+    values = form.strings("ToBinding", max_items=MAX_TO_BINDINGS, max_length=8192)
+    direct = []
+    for index, text in enumerate(values):
+        item = parse_json_object("ToBinding", text)
+        binding_type, address = item.get("binding_type"), item.get("address")
+        if binding_type not in addresses.BINDING_TYPES or not isinstance(address, str):
+            raise errors.invalid_parameter(
+                "ToBinding",
+                f"item {index} must be a JSON object with a binding_type "
+                f"({', '.join(addresses.BINDING_TYPES)}) and an address string",
+            )
+        try:
+            direct.append(
+                DirectAddress(
+                    channel=binding_type, address=addresses.normalize(binding_type, address)
+                )
+            )
+        except addresses.InvalidAddressError as exc:
+            # Twilio accepts the request and fails just this recipient.
+            direct.append(
+                DirectAddress(
+                    channel=binding_type, address=address, error=(errors.INVALID_BINDING, str(exc))
+                )
+            )
+    return direct
+
+
+def _targets(form: Form) -> dict[str, list[str]]:
+    return {
+        "identities": [
+            identity_value("Identity", value)
+            for value in form.strings("Identity", max_items=MAX_IDENTITIES, max_length=IDENTITY_MAX)
+        ],
+        "tags": form.strings("Tag", max_items=MAX_TAGS, max_length=TAG_MAX),
+        "segments": form.strings("Segment", max_items=MAX_SEGMENTS, max_length=SEGMENT_MAX),
+    }
+
+
+async def create(request: Request) -> Response:
+    ctx = await authenticated(request)
+    service_sid = ctx.path_sid("ServiceSid", sids.SERVICE)
+    form = await Form.from_body(request)
+    targets = _targets(form)
+    direct = _direct(form)
+    if direct and any(targets.values()):
+        raise errors.bad_request(
+            "Direct notifications and query notifications can not be requested together: "
+            "send ToBinding without Identity, Tag and Segment"
+        )
+    if not direct and not any(targets.values()):
+        raise errors.bad_request(
+            "A notification needs recipients: give Identity, Tag, Segment or ToBinding"
+        )
+    priority = (
+        form.choice("Priority", ("high", "low", "HIGH", "LOW", "High", "Low")) or "high"
+    ).lower()
+    ttl = form.integer("Ttl", minimum=0, maximum=MAX_TTL)
+    new = NewNotification(
+        targets=targets,
+        content=_content(form),
+        priority=priority,
+        ttl=MAX_TTL if ttl is None else ttl,
+        delivery_callback_url=form.url("DeliveryCallbackUrl"),
+        direct=direct,
+    )
+
+    async def op(conn: AsyncConnection) -> notifications.Created:
+        service_id = await services.resolve(conn, account_id=ctx.account_id, sid=service_sid)
+        return await notifications.create(conn, service_id=service_id, new=new)
+
+    created = await ctx.database.write(op)
+    return json_response(
+        {
+            "sid": created.sid,
+            "account_sid": ctx.principal.account_sid,
+            "service_sid": service_sid,
+            "date_created": timestamp(created.date_created),
+            **targets,
+            "priority": new.priority,
+            "ttl": new.ttl,
+            **new.content,
+        },
+        status=201,
+    )

@@ -1,0 +1,171 @@
+"""`clarion serve | migrate | accounts create | accounts keys create`.
+
+This is where everything is wired together. Output contracts other tooling relies on: the
+`accounts` commands print exactly one JSON object on stdout; any failure prints one line on
+stderr and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+import uvicorn
+import uvloop
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from clarion import config, errors
+from clarion.api.app import create_app
+from clarion.config import ConfigError, Settings
+from clarion.store import accounts, migrate
+from clarion.store.database import Database
+from clarion.vault import Vault
+
+T = TypeVar("T")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        settings = config.load()
+        uvloop.run(args.command(settings, args))
+    except ConfigError as exc:
+        _fail(f"configuration error: {exc}")
+    except (OperationalError, DBAPIError, OSError) as exc:
+        _fail(f"cannot use the database: {_first_line(exc)}")
+    except errors.ClarionError as exc:
+        _fail(exc.message)
+    except KeyboardInterrupt:
+        pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clarion", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="apply migrations and serve the API")
+    serve.add_argument("--host", help="interface to listen on (default: CLARION_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: CLARION_PORT or 8080)")
+    serve.set_defaults(command=_serve)
+
+    migrate_cmd = commands.add_parser("migrate", help="apply pending database migrations")
+    migrate_cmd.set_defaults(command=_migrate)
+
+    accounts_cmd = commands.add_parser("accounts", help="manage accounts")
+    account_commands = accounts_cmd.add_subparsers(required=True, metavar="COMMAND")
+    create = account_commands.add_parser(
+        "create", help="create an account; prints its SID and token"
+    )
+    create.add_argument("--friendly-name", required=True)
+    create.set_defaults(command=_create_account)
+
+    keys = account_commands.add_parser("keys", help="manage API keys")
+    key_commands = keys.add_subparsers(required=True, metavar="COMMAND")
+    key_create = key_commands.add_parser(
+        "create", help="create an API key; prints its SID and secret"
+    )
+    key_create.add_argument("--account", required=True, help="the AC… SID of the account")
+    key_create.add_argument("--friendly-name", required=True)
+    key_create.set_defaults(command=_create_key)
+    return parser
+
+
+async def _with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+    database = Database(settings.database_url)
+    try:
+        await migrate.upgrade(database)
+        return await work(database)
+    finally:
+        await database.close()
+
+
+async def _migrate(settings: Settings, _args: argparse.Namespace) -> None:
+    await _with_database(settings, lambda database: asyncio.sleep(0))
+    print("database is up to date", file=sys.stderr)
+
+
+async def _create_account(settings: Settings, args: argparse.Namespace) -> None:
+    vault = Vault(settings.secret_key)
+
+    async def work(database: Database) -> accounts.Issued:
+        async with database.engine.begin() as conn:
+            return await accounts.create_account(conn, vault, friendly_name=args.friendly_name)
+
+    issued = await _with_database(settings, work)
+    print(json.dumps({"sid": issued.sid, "auth_token": issued.secret}))
+
+
+async def _create_key(settings: Settings, args: argparse.Namespace) -> None:
+    async def work(database: Database) -> accounts.Issued:
+        async with database.engine.begin() as conn:
+            return await accounts.create_api_key(
+                conn, account_sid=args.account, friendly_name=args.friendly_name
+            )
+
+    issued = await _with_database(settings, work)
+    print(json.dumps({"sid": issued.sid, "secret": issued.secret}))
+
+
+async def _serve(settings: Settings, args: argparse.Namespace) -> None:
+    host = args.host or settings.host
+    port = args.port or settings.port
+    vault = Vault(settings.secret_key)
+    database = Database(settings.database_url)
+    await migrate.upgrade(database)
+    account = await _ready_account(database, vault)
+    app = create_app(database=database, vault=vault)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            proxy_headers=True,
+            server_header=False,
+        )
+    )
+    announcement = asyncio.create_task(_announce(server, host, port, account))
+    try:
+        await server.serve()
+    finally:
+        announcement.cancel()
+
+
+async def _ready_account(database: Database, vault: Vault) -> accounts.Issued | None:
+    """On the embedded (SQLite) default, make sure a developer has an account to try."""
+    if database.dialect != "sqlite":
+        return None
+    async with database.engine.begin() as conn:
+        account = await accounts.first_account(conn, vault)
+        if account is None:
+            account = await accounts.create_account(conn, vault, friendly_name="Default")
+    return account
+
+
+async def _announce(
+    server: uvicorn.Server, host: str, port: int, account: accounts.Issued | None
+) -> None:
+    while not server.started:  # noqa: ASYNC110 - uvicorn exposes no start-up event
+        await asyncio.sleep(0.02)
+    lines = [f"Clarion is serving the Notify API at http://{host}:{port}/v1"]
+    if account is not None:
+        lines += [f"  Account SID: {account.sid}", f"  Auth token:  {account.secret}"]
+    print("\n".join(lines), flush=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _fail(message: str) -> None:
+    print(f"clarion: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,79 @@
+"""Settings from `CLARION_*` environment variables, checked once at start-up.
+
+A bad setting stops the process with one line naming the variable (`ConfigError`), never a
+traceback from deep inside a driver.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from clarion.vault import is_valid_key, new_key
+
+
+class ConfigError(Exception):
+    """A setting that cannot work; its message is shown to the operator as is."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    database_url: str
+    secret_key: str
+    host: str
+    port: int
+    data_dir: Path
+
+
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    data_dir = Path(env.get("CLARION_DATA_DIR", "var"))
+    database_url = env.get("CLARION_DATABASE_URL") or f"sqlite:///{data_dir / 'clarion.db'}"
+    if not database_url.startswith(
+        ("sqlite:", "sqlite+aiosqlite:", "postgresql:", "postgres:", "postgresql+asyncpg:")
+    ):
+        raise ConfigError(
+            "CLARION_DATABASE_URL must start with sqlite:/// or postgresql:// "
+            f"(got {database_url.split(':', 1)[0]!r})"
+        )
+    port_text = env.get("CLARION_PORT", "8080")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"CLARION_PORT must be a port number 1-65535 (got {port_text!r})")
+    return Settings(
+        database_url=database_url,
+        secret_key=_secret_key(env, data_dir),
+        host=env.get("CLARION_HOST", "127.0.0.1"),
+        port=int(port_text),
+        data_dir=data_dir,
+    )
+
+
+def _secret_key(env: Mapping[str, str], data_dir: Path) -> str:
+    """The configured key, else the one kept under the data directory, created on first run."""
+    key = env.get("CLARION_SECRET_KEY")
+    if key is not None:
+        if not is_valid_key(key):
+            raise ConfigError(
+                "CLARION_SECRET_KEY must be 32 url-safe base64-encoded bytes "
+                "(generate one with: python -c 'from cryptography.fernet import Fernet; "
+                "print(Fernet.generate_key().decode())')"
+            )
+        return key
+    path = data_dir / "secret.key"
+    if path.exists():
+        key = path.read_text().strip()
+        if not is_valid_key(key):
+            raise ConfigError(
+                f"{path} does not hold a valid key; restore it or set CLARION_SECRET_KEY"
+            )
+        return key
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        key = new_key()
+        path.write_text(key + "\n")
+        path.chmod(0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {path}: {exc.strerror}") from exc
+    return key

@@ -1,0 +1,189 @@
+"""Bindings: one address of one identity on one channel, with its tags.
+
+Built-in tags are not stored: `all` matches every binding and a binding type's name matches
+bindings of that type, so the filter needs no list of types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, delete, exists, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from clarion import errors, sids
+from clarion.store import users
+from clarion.store.clock import utcnow
+from clarion.store.paging import PageRequest, PageResult, fetch_page
+from clarion.store.tables import account, binding, binding_tag, credential, service
+
+# Twilio's documented limit: "Up to 20 Bindings can be created for the same Identity".
+MAX_BINDINGS_PER_IDENTITY = 20
+
+
+@dataclass(frozen=True, kw_only=True)
+class Registration:
+    identity: str
+    binding_type: str
+    address: str
+    tags: Sequence[str]
+    notification_protocol_version: str | None
+    credential_id: int | None
+    endpoint: str | None
+
+
+_PUBLIC = select(
+    binding.c.id,
+    binding.c.sid,
+    account.c.sid.label("account_sid"),
+    service.c.sid.label("service_sid"),
+    select(credential.c.sid)
+    .where(credential.c.id == binding.c.credential_id)
+    .scalar_subquery()
+    .label("credential_sid"),
+    binding.c.identity,
+    binding.c.binding_type,
+    binding.c.address,
+    binding.c.notification_protocol_version,
+    binding.c.endpoint,
+    binding.c.date_created,
+    binding.c.date_updated,
+).select_from(binding.join(service).join(account))
+
+
+def has_tag(tag: str) -> ColumnElement[bool]:
+    """Matches bindings carrying `tag`, explicitly or as a built-in tag."""
+    if tag == "all":
+        return binding.c.id.is_not(None)
+    explicit = exists().where(binding_tag.c.binding_id == binding.c.id, binding_tag.c.tag == tag)
+    return or_(binding.c.binding_type == tag, explicit)
+
+
+async def register(conn: AsyncConnection, *, service_id: int, reg: Registration) -> dict[str, Any]:
+    """Create the binding, or move an already registered address to this identity and tags.
+
+    Moving keeps the SID: a device that changes hands must stop receiving the previous
+    owner's notifications, and the app that re-registers it keeps a stable handle.
+    """
+    now = utcnow()
+    existing = (
+        await conn.execute(
+            select(binding.c.id, binding.c.identity).where(
+                binding.c.service_id == service_id,
+                binding.c.binding_type == reg.binding_type,
+                binding.c.address == reg.address,
+            )
+        )
+    ).first()
+    same_identity = existing is not None and existing.identity == reg.identity
+    if not same_identity:
+        count = await conn.scalar(
+            select(func.count()).where(
+                binding.c.service_id == service_id, binding.c.identity == reg.identity
+            )
+        )
+        if (count or 0) >= MAX_BINDINGS_PER_IDENTITY:
+            raise errors.invalid_parameter(
+                "Identity",
+                f"identity already has {MAX_BINDINGS_PER_IDENTITY} bindings, the most one identity "
+                "can have; delete one first",
+            )
+    values = {
+        "identity": reg.identity,
+        "notification_protocol_version": reg.notification_protocol_version,
+        "credential_id": reg.credential_id,
+        "endpoint": reg.endpoint,
+        "date_updated": now,
+    }
+    if existing is None:
+        binding_id = await conn.scalar(
+            insert(binding)
+            .values(
+                sid=sids.new_sid(sids.BINDING),
+                service_id=service_id,
+                binding_type=reg.binding_type,
+                address=reg.address,
+                date_created=now,
+                **values,
+            )
+            .returning(binding.c.id)
+        )
+    else:
+        binding_id = existing.id
+        await conn.execute(update(binding).where(binding.c.id == binding_id).values(**values))
+        await conn.execute(delete(binding_tag).where(binding_tag.c.binding_id == binding_id))
+    if reg.tags:
+        await conn.execute(
+            insert(binding_tag), [{"binding_id": binding_id, "tag": tag} for tag in reg.tags]
+        )
+    await users.ensure(conn, service_id=service_id, identity=reg.identity, now=now)
+    return await _one(
+        conn,
+        _PUBLIC.where(binding.c.id == binding_id),
+    )
+
+
+async def get(
+    conn: AsyncConnection, *, service_id: int, sid: str, identity: str | None = None
+) -> dict[str, Any]:
+    query = _PUBLIC.where(binding.c.service_id == service_id, binding.c.sid == sid)
+    if identity is not None:
+        query = query.where(binding.c.identity == identity)
+    return await _one(conn, query)
+
+
+async def list_page(
+    conn: AsyncConnection,
+    *,
+    service_id: int,
+    identities: Sequence[str],
+    tags: Sequence[str],
+    created_from: datetime | None,
+    created_before: datetime | None,
+    page: PageRequest,
+) -> tuple[PageResult, dict[int, list[str]]]:
+    """One page of bindings and the explicit tags of each, by binding id."""
+    query = _PUBLIC.where(binding.c.service_id == service_id)
+    if identities:
+        query = query.where(binding.c.identity.in_(identities))
+    for tag in tags:
+        query = query.where(has_tag(tag))
+    if created_from is not None:
+        query = query.where(binding.c.date_created >= created_from)
+    if created_before is not None:
+        query = query.where(binding.c.date_created < created_before)
+    result = await fetch_page(conn, query, binding.c.id, page)
+    return result, await _tags(conn, [int(row["id"]) for row in result.rows])
+
+
+async def remove(
+    conn: AsyncConnection, *, service_id: int, sid: str, identity: str | None = None
+) -> None:
+    stmt = delete(binding).where(binding.c.service_id == service_id, binding.c.sid == sid)
+    if identity is not None:
+        stmt = stmt.where(binding.c.identity == identity)
+    if (await conn.execute(stmt)).rowcount == 0:
+        raise errors.not_found()
+
+
+async def _one(conn: AsyncConnection, query: Select[Any]) -> dict[str, Any]:
+    row = (await conn.execute(query)).mappings().first()
+    if row is None:
+        raise errors.not_found()
+    return {**row, "tags": (await _tags(conn, [row["id"]])).get(row["id"], [])}
+
+
+async def _tags(conn: AsyncConnection, binding_ids: Sequence[int]) -> dict[int, list[str]]:
+    tags: dict[int, list[str]] = {}
+    if binding_ids:
+        rows = await conn.execute(
+            select(binding_tag.c.binding_id, binding_tag.c.tag)
+            .where(binding_tag.c.binding_id.in_(binding_ids))
+            .order_by(binding_tag.c.binding_id, binding_tag.c.tag)
+        )
+        for binding_id, tag in rows:
+            tags.setdefault(binding_id, []).append(tag)
+    return tags

@@ -1,0 +1,123 @@
+"""Provider credentials of an account. Secrets arrive and leave sealed (see `clarion.vault`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from clarion import errors, sids
+from clarion.store.clock import utcnow
+from clarion.store.paging import PageRequest, PageResult, fetch_page
+from clarion.store.tables import account, credential
+
+# Everything a response may show; `secret_sealed` is deliberately absent.
+_PUBLIC = select(
+    credential.c.id,
+    credential.c.sid,
+    account.c.sid.label("account_sid"),
+    credential.c.type,
+    credential.c.friendly_name,
+    credential.c.sandbox,
+    credential.c.settings,
+    credential.c.date_created,
+    credential.c.date_updated,
+).select_from(credential.join(account))
+
+
+async def create(
+    conn: AsyncConnection,
+    *,
+    account_id: int,
+    type_: str,
+    friendly_name: str | None,
+    sandbox: bool | None,
+    settings: dict[str, Any],
+    secret_sealed: str | None,
+) -> RowMapping:
+    now = utcnow()
+    sid = sids.new_sid(sids.CREDENTIAL)
+    await conn.execute(
+        insert(credential).values(
+            sid=sid,
+            account_id=account_id,
+            type=type_,
+            friendly_name=friendly_name,
+            sandbox=sandbox,
+            settings=settings,
+            secret_sealed=secret_sealed,
+            date_created=now,
+            date_updated=now,
+        )
+    )
+    return await get(conn, account_id=account_id, sid=sid)
+
+
+async def get(conn: AsyncConnection, *, account_id: int, sid: str) -> RowMapping:
+    row = (
+        (
+            await conn.execute(
+                _PUBLIC.where(credential.c.account_id == account_id, credential.c.sid == sid)
+            )
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        raise errors.not_found()
+    return row
+
+
+async def get_sealed_secret(conn: AsyncConnection, *, account_id: int, sid: str) -> str | None:
+    """The sealed secret, for merging a partial update; raises 404 like `get`."""
+    row = (
+        await conn.execute(
+            select(credential.c.secret_sealed).where(
+                credential.c.account_id == account_id, credential.c.sid == sid
+            )
+        )
+    ).first()
+    if row is None:
+        raise errors.not_found()
+    return row.secret_sealed  # type: ignore[no-any-return]
+
+
+async def find(conn: AsyncConnection, *, account_id: int, sid: str) -> tuple[int, str] | None:
+    """Id and type of the account's credential `sid`, for resources that reference one."""
+    row = (
+        await conn.execute(
+            select(credential.c.id, credential.c.type).where(
+                credential.c.account_id == account_id, credential.c.sid == sid
+            )
+        )
+    ).first()
+    return None if row is None else (row.id, row.type)
+
+
+async def list_page(conn: AsyncConnection, *, account_id: int, page: PageRequest) -> PageResult:
+    return await fetch_page(
+        conn, _PUBLIC.where(credential.c.account_id == account_id), credential.c.id, page
+    )
+
+
+async def update_fields(
+    conn: AsyncConnection, *, account_id: int, sid: str, values: dict[str, Any]
+) -> RowMapping:
+    result = await conn.execute(
+        update(credential)
+        .where(credential.c.account_id == account_id, credential.c.sid == sid)
+        .values(**values, date_updated=utcnow())
+    )
+    if result.rowcount == 0:
+        raise errors.not_found()
+    return await get(conn, account_id=account_id, sid=sid)
+
+
+async def remove(conn: AsyncConnection, *, account_id: int, sid: str) -> None:
+    result = await conn.execute(
+        delete(credential).where(credential.c.account_id == account_id, credential.c.sid == sid)
+    )
+    if result.rowcount == 0:
+        raise errors.not_found()

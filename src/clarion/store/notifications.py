@@ -1,0 +1,101 @@
+"""Notifications and the work they queue, written in one transaction.
+
+A query notification (Identity/Tag/Segment) queues one `fanout` job: the delivery engine expands
+it against the bindings in resumable chunks. A direct notification (ToBinding) already names its
+addresses, so its delivery rows are written right away — an address that failed validation is
+recorded as a failed delivery (Twilio reports those per recipient, not as a request error).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from clarion import sids
+from clarion.store.clock import utcnow
+from clarion.store.tables import delivery, job, notification
+
+# Claim order: lower first (the delivery index is on (priority, next_attempt_at)).
+PRIORITY_RANK = {"high": 0, "low": 1}
+
+
+@dataclass(frozen=True, kw_only=True)
+class DirectAddress:
+    """One ToBinding destination; `error` is set when its address is unusable."""
+
+    channel: str
+    address: str
+    error: tuple[int, str] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewNotification:
+    targets: dict[str, list[str]]
+    content: dict[str, Any]
+    priority: str
+    ttl: int
+    delivery_callback_url: str | None
+    direct: Sequence[DirectAddress]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Created:
+    sid: str
+    date_created: datetime
+
+
+async def create(conn: AsyncConnection, *, service_id: int, new: NewNotification) -> Created:
+    now = utcnow()
+    sid = sids.new_sid(sids.NOTIFICATION)
+    notification_id = await conn.scalar(
+        insert(notification)
+        .values(
+            sid=sid,
+            service_id=service_id,
+            targets=new.targets,
+            content=new.content,
+            priority=new.priority,
+            ttl=new.ttl,
+            expires_at=now + timedelta(seconds=new.ttl),
+            delivery_callback_url=new.delivery_callback_url,
+            status="queued",
+            date_created=now,
+        )
+        .returning(notification.c.id)
+    )
+    if new.direct:
+        rank = PRIORITY_RANK[new.priority]
+        await conn.execute(
+            insert(delivery),
+            [
+                {
+                    "notification_id": notification_id,
+                    "channel": target.channel,
+                    "address": target.address,
+                    "status": "failed" if target.error else "pending",
+                    "priority": rank,
+                    "next_attempt_at": now,
+                    "error_code": target.error[0] if target.error else None,
+                    "error_message": target.error[1] if target.error else None,
+                    "date_created": now,
+                    "date_updated": now,
+                }
+                # One delivery per (channel, address): repeating an address must not send twice.
+                for target in {(t.channel, t.address): t for t in new.direct}.values()
+            ],
+        )
+    else:
+        await conn.execute(
+            insert(job).values(
+                kind="fanout",
+                notification_id=notification_id,
+                status="pending",
+                run_at=now,
+            )
+        )
+    return Created(sid=sid, date_created=now)

@@ -1,0 +1,278 @@
+"""The schema, shared by SQLite and PostgreSQL.
+
+Every row hangs off an account: resource tables carry `account_id` (directly or through their
+service) and every query filters on it, so one tenant can never reach another's rows. Integer
+keys are internal (joins, keyset paging); SIDs are what the API shows. Timestamps are naive UTC.
+
+The notification → job/delivery tables are the work queue of DESIGN.md: a notification is stored
+in the same transaction as its pending work, which the delivery engine claims with leases.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+
+# Stable constraint names on both engines, so migrations can refer to them.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a bigint identity.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def _id() -> Column[int]:
+    return Column("id", Id, primary_key=True, autoincrement=True)
+
+
+def _sid() -> Column[str]:
+    return Column("sid", String(34), nullable=False, unique=True)
+
+
+def _created() -> Column[object]:
+    return Column("date_created", DateTime(), nullable=False)
+
+
+def _updated() -> Column[object]:
+    return Column("date_updated", DateTime(), nullable=False)
+
+
+account = Table(
+    "account",
+    metadata,
+    _id(),
+    _sid(),
+    Column("friendly_name", String(64), nullable=False),
+    # Sealed with the instance key: callbacks are signed with the token, so it must be readable.
+    Column("auth_token_sealed", Text, nullable=False),
+    # What authentication compares against, without opening the sealed token per request.
+    Column("auth_token_digest", String(64), nullable=False),
+    _created(),
+    _updated(),
+)
+
+api_key = Table(
+    "api_key",
+    metadata,
+    _id(),
+    _sid(),
+    Column("account_id", ForeignKey("account.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("friendly_name", String(64), nullable=False),
+    Column("secret_digest", String(64), nullable=False),
+    _created(),
+)
+
+credential = Table(
+    "credential",
+    metadata,
+    _id(),
+    _sid(),
+    Column("account_id", ForeignKey("account.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("type", String(32), nullable=False),
+    Column("friendly_name", String(64), nullable=True),
+    Column("sandbox", Boolean, nullable=True),
+    # Non-secret settings shown back to the caller (key id, team id, host, public key, …).
+    Column("settings", JSON, nullable=False),
+    # JSON object of the secret fields, sealed; never leaves the process except to a provider.
+    Column("secret_sealed", Text, nullable=True),
+    _created(),
+    _updated(),
+)
+
+# Service columns that name a credential, by API field name. Extension columns route the
+# channels Twilio Notify did not have.
+SERVICE_CREDENTIAL_COLUMNS = (
+    "apn_credential_id",
+    "gcm_credential_id",
+    "fcm_credential_id",
+    "sms_credential_id",
+    "facebook_messenger_credential_id",
+    "webpush_credential_id",
+    "email_credential_id",
+)
+
+service = Table(
+    "service",
+    metadata,
+    _id(),
+    _sid(),
+    Column("account_id", ForeignKey("account.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("friendly_name", String(64), nullable=True),
+    *(
+        Column(name, ForeignKey("credential.id", ondelete="SET NULL"), nullable=True)
+        for name in SERVICE_CREDENTIAL_COLUMNS
+    ),
+    Column("messaging_service_sid", String(34), nullable=True),
+    Column("facebook_messenger_page_id", String(64), nullable=True),
+    Column("default_apn_notification_protocol_version", String(16), nullable=False),
+    Column("default_gcm_notification_protocol_version", String(16), nullable=False),
+    Column("default_fcm_notification_protocol_version", String(16), nullable=False),
+    Column("default_alexa_notification_protocol_version", String(16), nullable=False),
+    Column("log_enabled", Boolean, nullable=False),
+    Column("alexa_skill_id", String(128), nullable=True),
+    Column("delivery_callback_url", String(2048), nullable=True),
+    Column("delivery_callback_enabled", Boolean, nullable=False),
+    _created(),
+    _updated(),
+)
+
+binding = Table(
+    "binding",
+    metadata,
+    _id(),
+    _sid(),
+    Column("service_id", ForeignKey("service.id", ondelete="CASCADE"), nullable=False),
+    Column("credential_id", ForeignKey("credential.id", ondelete="SET NULL"), nullable=True),
+    Column("identity", String(256), nullable=False),
+    Column("binding_type", String(32), nullable=False),
+    Column("address", Text, nullable=False),
+    Column("notification_protocol_version", String(16), nullable=True),
+    Column("endpoint", String(256), nullable=True),
+    _created(),
+    _updated(),
+    # One address per channel per service: registering it again moves it (DESIGN.md, Binding).
+    UniqueConstraint("service_id", "binding_type", "address"),
+    Index("ix_binding_service_id_identity", "service_id", "identity"),
+)
+
+# Explicit tags only; the built-in ones (`all`, the binding type) are derived when querying.
+binding_tag = Table(
+    "binding_tag",
+    metadata,
+    Column("binding_id", ForeignKey("binding.id", ondelete="CASCADE"), primary_key=True),
+    Column("tag", String(64), primary_key=True),
+    Index("ix_binding_tag_tag_binding_id", "tag", "binding_id"),
+)
+
+# Legacy Users: created explicitly, or implicitly by the first binding of an identity.
+user = Table(
+    "app_user",  # "user" is reserved in PostgreSQL
+    metadata,
+    _id(),
+    _sid(),
+    Column("service_id", ForeignKey("service.id", ondelete="CASCADE"), nullable=False),
+    Column("identity", String(256), nullable=False),
+    _created(),
+    _updated(),
+    UniqueConstraint("service_id", "identity"),
+)
+
+segment = Table(
+    "segment",
+    metadata,
+    _id(),
+    _sid(),
+    Column("service_id", ForeignKey("service.id", ondelete="CASCADE"), nullable=False),
+    Column("unique_name", String(64), nullable=False),
+    _created(),
+    _updated(),
+    UniqueConstraint("service_id", "unique_name"),
+)
+
+segment_membership = Table(
+    "segment_membership",
+    metadata,
+    Column("user_id", ForeignKey("app_user.id", ondelete="CASCADE"), primary_key=True),
+    Column("segment_id", ForeignKey("segment.id", ondelete="CASCADE"), primary_key=True),
+    Index("ix_segment_membership_segment_id_user_id", "segment_id", "user_id"),
+)
+
+notification = Table(
+    "notification",
+    metadata,
+    _id(),
+    _sid(),
+    Column("service_id", ForeignKey("service.id", ondelete="CASCADE"), nullable=False, index=True),
+    # Targets as requested: {"identities": [...], "tags": [...], "segments": [...]}.
+    Column("targets", JSON, nullable=False),
+    # Content as requested: title, body, sound, action and the JSON overrides (data, apn, …).
+    Column("content", JSON, nullable=False),
+    Column("priority", String(8), nullable=False),
+    Column("ttl", Integer, nullable=False),
+    Column("expires_at", DateTime(), nullable=False),
+    Column("delivery_callback_url", String(2048), nullable=True),
+    # queued → fanning_out → dispatched (set by the delivery engine).
+    Column("status", String(16), nullable=False),
+    _created(),
+)
+
+# Coarse work (fan-out, callbacks, timers), claimed with a lease like deliveries.
+job = Table(
+    "job",
+    metadata,
+    _id(),
+    Column("kind", String(32), nullable=False),
+    Column("notification_id", ForeignKey("notification.id", ondelete="CASCADE"), nullable=True),
+    # Where a chunked job resumes after a crash (e.g. the last binding id fanned out).
+    Column("cursor", JSON, nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("run_at", DateTime(), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_expires_at", DateTime(), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("dedupe_key", String(128), nullable=True, unique=True),
+    Index(
+        "ix_job_pending",
+        "run_at",
+        postgresql_where=text("status = 'pending'"),
+        sqlite_where=text("status = 'pending'"),
+    ),
+)
+
+# One notification to one address over one channel: the unit of work, retry and record.
+delivery = Table(
+    "delivery",
+    metadata,
+    _id(),
+    Column("notification_id", ForeignKey("notification.id", ondelete="CASCADE"), nullable=False),
+    # Null for ToBinding (passthrough) addresses, which have no stored binding.
+    Column("binding_id", ForeignKey("binding.id", ondelete="SET NULL"), nullable=True),
+    Column("identity", String(256), nullable=True),
+    Column("channel", String(32), nullable=False),
+    Column("address", Text, nullable=False),
+    # pending → sending → sent → delivered | failed | expired
+    Column("status", String(16), nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("next_attempt_at", DateTime(), nullable=False),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_expires_at", DateTime(), nullable=True),
+    # Set when a lease expired mid-send: the provider may or may not have the message.
+    Column("ambiguous", Boolean, nullable=False, server_default=text("false")),
+    Column("provider_ref", String(256), nullable=True),
+    Column("error_code", Integer, nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("failover_of", ForeignKey("delivery.id", ondelete="SET NULL"), nullable=True),
+    _created(),
+    _updated(),
+    UniqueConstraint("notification_id", "channel", "address"),
+    Index(
+        "ix_delivery_pending",
+        "priority",
+        "next_attempt_at",
+        postgresql_where=text("status = 'pending'"),
+        sqlite_where=text("status = 'pending'"),
+    ),
+)
