@@ -13,6 +13,7 @@ import re
 from urllib.parse import urlsplit
 
 import phonenumbers
+from cryptography.hazmat.primitives.asymmetric import ec
 
 # Twilio's binding types, then Clarion's extensions.
 BINDING_TYPES = ("apn", "gcm", "sms", "fcm", "facebook-messenger", "alexa", "webpush", "email")
@@ -103,8 +104,16 @@ def _webpush(address: str) -> str:
         or len(endpoint) > 2048
     ):
         raise InvalidAddressError("endpoint must be an https URL of at most 2048 characters")
-    if len(_b64url(p256dh, "keys.p256dh")) != 65:
-        raise InvalidAddressError("keys.p256dh must be an uncompressed P-256 public key (65 bytes)")
+    point = _b64url(p256dh, "keys.p256dh")
+    try:
+        if len(point) != 65:
+            raise ValueError(point)
+        # Rejects points off the curve, which could never be encrypted to (RFC 8291).
+        ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+    except ValueError as exc:
+        raise InvalidAddressError(
+            "keys.p256dh must be an uncompressed P-256 public key (65 bytes)"
+        ) from exc
     if len(_b64url(auth, "keys.auth")) != 16:
         raise InvalidAddressError("keys.auth must be a 16-byte secret")
     return json.dumps(

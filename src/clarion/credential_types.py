@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 
 from clarion import errors, sids
 from clarion.addresses import InvalidAddressError, phone_number
@@ -65,11 +66,17 @@ def _bad(name: str, problem: str, code: int) -> errors.ClarionError:
     return errors.bad_request(f"Parameter '{name}' is invalid: {problem}", code)
 
 
-def _private_key(pem: str, code: int) -> object:
+def _private_key(pem: str, code: int) -> PrivateKeyTypes:
     try:
         return serialization.load_pem_private_key(pem.encode(), password=None)
     except (ValueError, TypeError) as exc:
         raise _bad("PrivateKey", "expected an unencrypted PEM private key", code) from exc
+
+
+def _public_der(key: PublicKeyTypes) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def _check_apn(params: dict[str, str]) -> None:
@@ -77,10 +84,12 @@ def _check_apn(params: dict[str, str]) -> None:
     if "Certificate" in params:
         _require(params, "PrivateKey", code=code)
         try:
-            x509.load_pem_x509_certificate(params["Certificate"].encode())
+            certificate = x509.load_pem_x509_certificate(params["Certificate"].encode())
         except ValueError as exc:
             raise _bad("Certificate", "expected a PEM certificate", code) from exc
-        _private_key(params["PrivateKey"], code)
+        key = _private_key(params["PrivateKey"], code)
+        if _public_der(certificate.public_key()) != _public_der(key.public_key()):
+            raise _bad("PrivateKey", "is not the private key of Certificate", code)
         return
     # Token-based authentication (extension): a .p8 signing key with its key and team ids.
     _require(params, "PrivateKey", "KeyId", "TeamId", "BundleId", code=code)
@@ -113,7 +122,10 @@ def _check_fcm(params: dict[str, str]) -> None:
             "FCM legacy server keys no longer work",
             code,
         )
-    _private_key(account["private_key"], code)
+    try:
+        serialization.load_pem_private_key(account["private_key"].encode(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise _bad("Secret", "its private_key is not an unencrypted PEM private key", code) from exc
 
 
 def _fcm_project(params: dict[str, str]) -> None:

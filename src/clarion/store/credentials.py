@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import insert, select
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clarion import errors, sids
 from clarion.store.clock import utcnow
+from clarion.store.owned import delete_owned, update_owned
 from clarion.store.paging import PageRequest, PageResult, fetch_page
 from clarion.store.tables import account, credential
 
@@ -105,19 +106,9 @@ async def list_page(conn: AsyncConnection, *, account_id: int, page: PageRequest
 async def update_fields(
     conn: AsyncConnection, *, account_id: int, sid: str, values: dict[str, Any]
 ) -> RowMapping:
-    result = await conn.execute(
-        update(credential)
-        .where(credential.c.account_id == account_id, credential.c.sid == sid)
-        .values(**values, date_updated=utcnow())
-    )
-    if result.rowcount == 0:
-        raise errors.not_found()
+    await update_owned(conn, credential, account_id=account_id, sid=sid, values=values)
     return await get(conn, account_id=account_id, sid=sid)
 
 
 async def remove(conn: AsyncConnection, *, account_id: int, sid: str) -> None:
-    result = await conn.execute(
-        delete(credential).where(credential.c.account_id == account_id, credential.c.sid == sid)
-    )
-    if result.rowcount == 0:
-        raise errors.not_found()
+    await delete_owned(conn, credential, account_id=account_id, sid=sid)

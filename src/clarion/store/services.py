@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import insert, select
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clarion import errors, sids
 from clarion.store.clock import utcnow
+from clarion.store.owned import delete_owned, update_owned
 from clarion.store.paging import PageRequest, PageResult, fetch_page
 from clarion.store.tables import SERVICE_CREDENTIAL_COLUMNS, account, credential, service
 
@@ -79,19 +80,9 @@ async def list_page(
 async def update_fields(
     conn: AsyncConnection, *, account_id: int, sid: str, values: dict[str, Any]
 ) -> RowMapping:
-    result = await conn.execute(
-        update(service)
-        .where(service.c.account_id == account_id, service.c.sid == sid)
-        .values(**values, date_updated=utcnow())
-    )
-    if result.rowcount == 0:
-        raise errors.not_found()
+    await update_owned(conn, service, account_id=account_id, sid=sid, values=values)
     return await get(conn, account_id=account_id, sid=sid)
 
 
 async def remove(conn: AsyncConnection, *, account_id: int, sid: str) -> None:
-    result = await conn.execute(
-        delete(service).where(service.c.account_id == account_id, service.c.sid == sid)
-    )
-    if result.rowcount == 0:
-        raise errors.not_found()
+    await delete_owned(conn, service, account_id=account_id, sid=sid)
