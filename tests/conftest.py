@@ -16,7 +16,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection
 
 from clarion.api.app import create_app
 from clarion.store import accounts, migrate
@@ -76,8 +76,8 @@ async def database(database_url: str) -> AsyncIterator[Database]:
 
 
 async def new_account(database: Database, vault: Vault, name: str = "test") -> Account:
-    async def op(conn: AsyncConnection) -> accounts.Issued:
-        return await accounts.create_account(conn, vault, friendly_name=name)
+    def op(conn: Connection) -> accounts.Issued:
+        return accounts.create_account(conn, vault, friendly_name=name)
 
     issued = await database.write(op)
     return Account(issued.sid, issued.secret)

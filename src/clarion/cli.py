@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import uvicorn
 import uvloop
+from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from clarion import config, errors
@@ -93,8 +94,9 @@ async def _create_account(settings: Settings, args: argparse.Namespace) -> None:
     vault = Vault(settings.secret_key)
 
     async def work(database: Database) -> accounts.Issued:
-        async with database.engine.begin() as conn:
-            return await accounts.create_account(conn, vault, friendly_name=args.friendly_name)
+        return await database.transaction(
+            lambda conn: accounts.create_account(conn, vault, friendly_name=args.friendly_name)
+        )
 
     issued = await _with_database(settings, work)
     print(json.dumps({"sid": issued.sid, "auth_token": issued.secret}))
@@ -102,10 +104,11 @@ async def _create_account(settings: Settings, args: argparse.Namespace) -> None:
 
 async def _create_key(settings: Settings, args: argparse.Namespace) -> None:
     async def work(database: Database) -> accounts.Issued:
-        async with database.engine.begin() as conn:
-            return await accounts.create_api_key(
+        return await database.transaction(
+            lambda conn: accounts.create_api_key(
                 conn, account_sid=args.account, friendly_name=args.friendly_name
             )
+        )
 
     issued = await _with_database(settings, work)
     print(json.dumps({"sid": issued.sid, "secret": issued.secret}))
@@ -141,11 +144,12 @@ async def _ready_account(database: Database, vault: Vault) -> accounts.Issued | 
     """On the embedded (SQLite) default, make sure a developer has an account to try."""
     if database.dialect != "sqlite":
         return None
-    async with database.engine.begin() as conn:
-        account = await accounts.first_account(conn, vault)
-        if account is None:
-            account = await accounts.create_account(conn, vault, friendly_name="Default")
-    return account
+
+    def ensure(conn: Connection) -> accounts.Issued:
+        account = accounts.first_account(conn, vault)
+        return account or accounts.create_account(conn, vault, friendly_name="Default")
+
+    return await database.transaction(ensure)
 
 
 async def _announce(

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection
 
 from clarion.errors import ClarionError
 from clarion.store import accounts
@@ -47,8 +47,8 @@ def assert_unauthenticated(response: httpx.Response) -> None:
 
 
 async def new_api_key(database: Database, account_sid: str) -> accounts.Issued:
-    async def op(conn: AsyncConnection) -> accounts.Issued:
-        return await accounts.create_api_key(conn, account_sid=account_sid, friendly_name="ci")
+    def op(conn: Connection) -> accounts.Issued:
+        return accounts.create_api_key(conn, account_sid=account_sid, friendly_name="ci")
 
     return await database.write(op)
 
@@ -94,8 +94,8 @@ async def test_empty_auth_token_is_401(anonymous: httpx.AsyncClient, account: An
 async def test_another_accounts_token_is_401(
     anonymous: httpx.AsyncClient, account: Any, database: Database, vault: Vault
 ) -> None:
-    async def op(conn: AsyncConnection) -> accounts.Issued:
-        return await accounts.create_account(conn, vault, friendly_name="other")
+    def op(conn: Connection) -> accounts.Issued:
+        return accounts.create_account(conn, vault, friendly_name="other")
 
     other = await database.write(op)
     response = await anonymous.get("/v1/Services", headers=basic(account.sid, other.secret))

@@ -269,10 +269,9 @@ async def create(api: httpx.AsyncClient, form: dict[str, str]) -> dict[str, Any]
 
 
 async def stored_secret(database: Database, sid: str) -> str | None:
-    async with database.read() as conn:
-        sealed: str | None = await conn.scalar(
-            select(credential.c.secret_sealed).where(credential.c.sid == sid)
-        )
+    sealed: str | None = await database.read(
+        lambda conn: conn.scalar(select(credential.c.secret_sealed).where(credential.c.sid == sid))
+    )
     return sealed
 
 
@@ -802,8 +801,8 @@ async def test_delete_answers_204_then_the_credential_is_gone(
     assert fetched.json() == not_found_body(sid)
     again = await api.delete(f"/v1/Credentials/{sid}")
     assert again.json() == not_found_body(sid)
-    async with database.read() as conn:
-        assert await conn.scalar(select(credential.c.id).where(credential.c.sid == sid)) is None
+    query = select(credential.c.id).where(credential.c.sid == sid)
+    assert await database.read(lambda conn: conn.scalar(query)) is None
 
 
 # --- isolation ------------------------------------------------------------------------------

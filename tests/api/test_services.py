@@ -517,8 +517,8 @@ async def test_delete_answers_204_and_removes_the_service_and_its_bindings(
     assert fetched.json() == not_found_body(service_sid)
     bindings = await api.get(f"/v1/Services/{service_sid}/Bindings")
     assert bindings.status_code == 404
-    async with database.read() as conn:
-        assert await conn.scalar(select(binding.c.id).where(binding.c.sid == binding_sid)) is None
+    query = select(binding.c.id).where(binding.c.sid == binding_sid)
+    assert await database.read(lambda conn: conn.scalar(query)) is None
     again = await api.delete(f"/v1/Services/{service_sid}")
     assert again.json() == not_found_body(service_sid)
 

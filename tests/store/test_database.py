@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import Connection, insert, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clarion.store.clock import utcnow
 from clarion.store.database import Database
@@ -29,11 +28,11 @@ def new_marker() -> str:
     return f"gc-{secrets.token_hex(6)}"
 
 
-async def insert_account(conn: AsyncConnection, name: str, sid: str | None = None) -> str:
+def insert_account(conn: Connection, name: str, sid: str | None = None) -> str:
     """Writes one row identified by `name`; returns the SID it was stored under."""
     sid = sid or "AC" + secrets.token_hex(16)
     now = utcnow()
-    await conn.execute(
+    conn.execute(
         insert(account).values(
             sid=sid,
             friendly_name=name,
@@ -47,25 +46,25 @@ async def insert_account(conn: AsyncConnection, name: str, sid: str | None = Non
 
 
 async def stored_names(database: Database, prefix: str) -> set[str]:
-    async with database.read() as conn:
-        rows = await conn.execute(
+    def names(conn: Connection) -> set[str]:
+        rows = conn.execute(
             select(account.c.friendly_name).where(account.c.friendly_name.startswith(prefix))
         )
         return {name for (name,) in rows}
+
+    return await database.read(names)
 
 
 class Recorder:
     """Operations that remember the connection they ran on, to show they shared a batch."""
 
     def __init__(self) -> None:
-        self.connections: list[AsyncConnection] = []
+        self.connections: list[Connection] = []
 
-    def writer(
-        self, name: str, *, fail: bool = False
-    ) -> Callable[[AsyncConnection], Awaitable[str]]:
-        async def op(conn: AsyncConnection) -> str:
+    def writer(self, name: str, *, fail: bool = False) -> Callable[[Connection], str]:
+        def op(conn: Connection) -> str:
             self.connections.append(conn)
-            sid = await insert_account(conn, name)
+            sid = insert_account(conn, name)
             if fail:
                 raise RefusedError(name)
             return sid
@@ -93,8 +92,8 @@ async def test_each_caller_receives_its_own_operations_result(database: Database
     marker = new_marker()
 
     async def op(index: int) -> tuple[int, int]:
-        async def run(conn: AsyncConnection) -> int:
-            await insert_account(conn, f"{marker}-{index}")
+        def run(conn: Connection) -> int:
+            insert_account(conn, f"{marker}-{index}")
             return index * 10
 
         return index, await database.write(run)
@@ -128,10 +127,10 @@ async def test_database_error_in_a_batch_does_not_roll_back_the_others(
     taken = await database.write(lambda conn: insert_account(conn, f"{marker}-existing"))
     recorder = Recorder()
 
-    async def duplicate(conn: AsyncConnection) -> str:
+    def duplicate(conn: Connection) -> str:
         recorder.connections.append(conn)
-        await insert_account(conn, f"{marker}-duplicate-first-row")
-        return await insert_account(conn, f"{marker}-duplicate", sid=taken)
+        insert_account(conn, f"{marker}-duplicate-first-row")
+        return insert_account(conn, f"{marker}-duplicate", sid=taken)
 
     ops = [recorder.writer(f"{marker}-{index}") for index in range(10)]
     ops.insert(5, duplicate)

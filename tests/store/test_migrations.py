@@ -67,20 +67,15 @@ async def schema_differences(database: Database) -> list[Any]:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         return list(compare_metadata(context, metadata))
 
-    async with database.engine.connect() as connection:
-        return await connection.run_sync(compare)
+    return await database.read(compare)
 
 
 async def current_revision(database: Database) -> str | None:
-    async with database.engine.connect() as connection:
-        return await connection.run_sync(
-            lambda sync: MigrationContext.configure(sync).get_current_revision()
-        )
+    return await database.read(lambda conn: MigrationContext.configure(conn).get_current_revision())
 
 
 async def table_names(database: Database) -> set[str]:
-    async with database.engine.connect() as connection:
-        names = await connection.run_sync(lambda sync: inspect(sync).get_table_names())
+    names = await database.read(lambda conn: inspect(conn).get_table_names())
     return set(names) - {"alembic_version"}
 
 

@@ -39,8 +39,7 @@ class Authenticator:
         now = time.monotonic()
         if cached is not None and cached[0] > now:
             return cached[1], cached[2]
-        async with self._database.read() as conn:
-            found = await accounts.credential_digest(conn, username)
+        found = await self._database.read(lambda conn: accounts.credential_digest(conn, username))
         if found is not None:
             if len(self._cache) >= _MAX_CACHED:
                 self._cache.clear()

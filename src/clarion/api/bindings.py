@@ -6,7 +6,7 @@ from datetime import datetime, time, timedelta
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -90,15 +90,15 @@ async def _create(ctx: Context, *, identity: str | None) -> Response:
     credential_sid = form.sid("CredentialSid", sids.CREDENTIAL)
     endpoint = form.string("Endpoint", max_length=256) or None
 
-    async def op(conn: AsyncConnection) -> dict[str, Any]:
-        service = await services.get(conn, account_id=ctx.account_id, sid=service_sid)
+    def op(conn: Connection) -> dict[str, Any]:
+        service = services.get(conn, account_id=ctx.account_id, sid=service_sid)
         credential_id = None
         if credential_sid is not None:
             if binding_type not in ("apn", "gcm", "fcm", "webpush"):
                 raise errors.invalid_parameter(
                     "CredentialSid", f"{binding_type} bindings use the service's credential"
                 )
-            credential_id = await resolve_credential(
+            credential_id = resolve_credential(
                 conn, ctx, "CredentialSid", credential_sid, binding_type
             )
         version = protocol_version
@@ -113,7 +113,7 @@ async def _create(ctx: Context, *, identity: str | None) -> Response:
             credential_id=credential_id,
             endpoint=endpoint,
         )
-        return await bindings.register(conn, service_id=service["id"], reg=registration)
+        return bindings.register(conn, service_id=service["id"], reg=registration)
 
     row = await ctx.database.write(op)
     return json_response(
@@ -136,11 +136,12 @@ async def list_(request: Request) -> Response:
     start, end = query.day("StartDate"), query.day("EndDate")
     page, number = page_request(query)
     service_sid = ctx.path_sid("ServiceSid", sids.SERVICE)
-    async with ctx.database.read() as conn:
-        service_id = await services.resolve(conn, account_id=ctx.account_id, sid=service_sid)
+
+    def load(conn: Connection) -> Any:
+        service_id = services.resolve(conn, account_id=ctx.account_id, sid=service_sid)
         if identity is not None:
-            await users.get(conn, service_id=service_id, identity=identity)
-        result, tags_by_id = await bindings.list_page(
+            users.get(conn, service_id=service_id, identity=identity)
+        return bindings.list_page(
             conn,
             service_id=service_id,
             identities=identities,
@@ -152,6 +153,8 @@ async def list_(request: Request) -> Response:
             else datetime.combine(end, time()) + timedelta(days=1),
             page=page,
         )
+
+    result, tags_by_id = await ctx.database.read(load)
     items = [
         render(ctx, {**row, "tags": tags_by_id.get(row["id"], [])}, under_user=identity is not None)
         for row in result.rows
@@ -168,9 +171,12 @@ async def fetch(request: Request) -> Response:
     service_sid = ctx.path_sid("ServiceSid", sids.SERVICE)
     sid = ctx.path_sid("Sid", sids.BINDING)
     identity = request.path_params.get("Identity")
-    async with ctx.database.read() as conn:
-        service_id = await services.resolve(conn, account_id=ctx.account_id, sid=service_sid)
-        row = await bindings.get(conn, service_id=service_id, sid=sid, identity=identity)
+
+    def load(conn: Connection) -> Any:
+        service_id = services.resolve(conn, account_id=ctx.account_id, sid=service_sid)
+        return bindings.get(conn, service_id=service_id, sid=sid, identity=identity)
+
+    row = await ctx.database.read(load)
     return json_response(render(ctx, row, under_user=identity is not None))
 
 
@@ -180,9 +186,9 @@ async def delete(request: Request) -> Response:
     sid = ctx.path_sid("Sid", sids.BINDING)
     identity = request.path_params.get("Identity")
 
-    async def op(conn: AsyncConnection) -> None:
-        service_id = await services.resolve(conn, account_id=ctx.account_id, sid=service_sid)
-        await bindings.remove(conn, service_id=service_id, sid=sid, identity=identity)
+    def op(conn: Connection) -> None:
+        service_id = services.resolve(conn, account_id=ctx.account_id, sid=service_sid)
+        bindings.remove(conn, service_id=service_id, sid=sid, identity=identity)
 
     await ctx.database.write(op)
     return no_content()

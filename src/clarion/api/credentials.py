@@ -6,8 +6,8 @@ import json
 import re
 from typing import Any
 
+from sqlalchemy import Connection
 from sqlalchemy.engine import RowMapping
-from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -65,8 +65,8 @@ async def create(request: Request) -> Response:
     valid = checked(kind, _params(form, kind))
     sealed = ctx.vault.seal(json.dumps(valid.secret)) if valid.secret else None
 
-    async def op(conn: AsyncConnection) -> RowMapping:
-        return await credentials.create(
+    def op(conn: Connection) -> RowMapping:
+        return credentials.create(
             conn,
             account_id=ctx.account_id,
             type_=kind.name,
@@ -83,8 +83,9 @@ async def list_(request: Request) -> Response:
     ctx = await authenticated(request)
     query = Form.from_query(request)
     page, number = page_request(query)
-    async with ctx.database.read() as conn:
-        result = await credentials.list_page(conn, account_id=ctx.account_id, page=page)
+    result = await ctx.database.read(
+        lambda conn: credentials.list_page(conn, account_id=ctx.account_id, page=page)
+    )
     items = [render(ctx, row) for row in result.rows]
     return json_response(
         page_body(
@@ -96,8 +97,9 @@ async def list_(request: Request) -> Response:
 async def fetch(request: Request) -> Response:
     ctx = await authenticated(request)
     sid = ctx.path_sid("Sid", sids.CREDENTIAL)
-    async with ctx.database.read() as conn:
-        row = await credentials.get(conn, account_id=ctx.account_id, sid=sid)
+    row = await ctx.database.read(
+        lambda conn: credentials.get(conn, account_id=ctx.account_id, sid=sid)
+    )
     return json_response(render(ctx, row))
 
 
@@ -108,13 +110,13 @@ async def update(request: Request) -> Response:
     friendly_name = form.string("FriendlyName", max_length=FRIENDLY_NAME_MAX)
     sandbox = form.boolean("Sandbox")
 
-    async def op(conn: AsyncConnection) -> RowMapping:
-        row = await credentials.get(conn, account_id=ctx.account_id, sid=sid)
+    def op(conn: Connection) -> RowMapping:
+        row = credentials.get(conn, account_id=ctx.account_id, sid=sid)
         kind = TYPES[row["type"]]
         given = _params(form, kind)
         values: dict[str, Any] = {}
         if given:
-            sealed = await credentials.get_sealed_secret(conn, account_id=ctx.account_id, sid=sid)
+            sealed = credentials.get_sealed_secret(conn, account_id=ctx.account_id, sid=sid)
             stored = json.loads(ctx.vault.open(sealed)) if sealed else {}
             valid = checked(kind, {**row["settings"], **stored, **given})
             values["settings"] = valid.settings
@@ -125,9 +127,7 @@ async def update(request: Request) -> Response:
             values["friendly_name"] = friendly_name
         if sandbox is not None and kind.name == "apn":
             values["sandbox"] = sandbox
-        return await credentials.update_fields(
-            conn, account_id=ctx.account_id, sid=sid, values=values
-        )
+        return credentials.update_fields(conn, account_id=ctx.account_id, sid=sid, values=values)
 
     return json_response(render(ctx, await ctx.database.write(op)))
 
@@ -136,8 +136,8 @@ async def delete(request: Request) -> Response:
     ctx = await authenticated(request)
     sid = ctx.path_sid("Sid", sids.CREDENTIAL)
 
-    async def op(conn: AsyncConnection) -> None:
-        await credentials.remove(conn, account_id=ctx.account_id, sid=sid)
+    def op(conn: Connection) -> None:
+        credentials.remove(conn, account_id=ctx.account_id, sid=sid)
 
     await ctx.database.write(op)
     return no_content()

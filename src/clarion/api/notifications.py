@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -158,9 +158,9 @@ async def create(request: Request) -> Response:
         direct=direct,
     )
 
-    async def op(conn: AsyncConnection) -> notifications.Created:
-        service_id = await services.resolve(conn, account_id=ctx.account_id, sid=service_sid)
-        return await notifications.create(conn, service_id=service_id, new=new)
+    def op(conn: Connection) -> notifications.Created:
+        service_id = services.resolve(conn, account_id=ctx.account_id, sid=service_sid)
+        return notifications.create(conn, service_id=service_id, new=new)
 
     created = await ctx.database.write(op)
     return json_response(

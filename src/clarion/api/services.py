@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import Connection
 from sqlalchemy.engine import RowMapping
-from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -109,13 +109,13 @@ def _settings(form: Form) -> tuple[dict[str, Any], dict[str, tuple[str | None, s
     return values, references
 
 
-async def resolve_credential(
-    conn: AsyncConnection, ctx: Context, name: str, sid: str | None, channel: str
+def resolve_credential(
+    conn: Connection, ctx: Context, name: str, sid: str | None, channel: str
 ) -> int | None:
     """The id of credential `sid` if the caller owns it and it fits `channel` (52002/52003)."""
     if sid is None:
         return None
-    found = await credentials.find(conn, account_id=ctx.account_id, sid=sid)
+    found = credentials.find(conn, account_id=ctx.account_id, sid=sid)
     if found is None:
         raise errors.bad_request(
             f"Parameter '{name}' is invalid: credential {sid} does not exist",
@@ -132,8 +132,8 @@ async def resolve_credential(
     return credential_id
 
 
-async def _with_credentials(
-    conn: AsyncConnection,
+def _with_credentials(
+    conn: Connection,
     ctx: Context,
     values: dict[str, Any],
     references: dict[str, tuple[str | None, str]],
@@ -141,7 +141,7 @@ async def _with_credentials(
     resolved = dict(values)
     for name, (sid, channel) in references.items():
         column = CREDENTIAL_PARAMETERS[name][0]
-        resolved[column] = await resolve_credential(conn, ctx, name, sid, channel)
+        resolved[column] = resolve_credential(conn, ctx, name, sid, channel)
     return resolved
 
 
@@ -149,9 +149,9 @@ async def create(request: Request) -> Response:
     ctx = await authenticated(request)
     values, references = _settings(await Form.from_body(request))
 
-    async def op(conn: AsyncConnection) -> RowMapping:
-        resolved = await _with_credentials(conn, ctx, {**DEFAULTS, **values}, references)
-        return await services.create(conn, account_id=ctx.account_id, values=resolved)
+    def op(conn: Connection) -> RowMapping:
+        resolved = _with_credentials(conn, ctx, {**DEFAULTS, **values}, references)
+        return services.create(conn, account_id=ctx.account_id, values=resolved)
 
     return json_response(render(ctx, await ctx.database.write(op)), status=201)
 
@@ -161,10 +161,11 @@ async def list_(request: Request) -> Response:
     query = Form.from_query(request)
     page, number = page_request(query)
     friendly_name = query.string("FriendlyName", max_length=64)
-    async with ctx.database.read() as conn:
-        result = await services.list_page(
+    result = await ctx.database.read(
+        lambda conn: services.list_page(
             conn, account_id=ctx.account_id, friendly_name=friendly_name, page=page
         )
+    )
     items = [render(ctx, row) for row in result.rows]
     return json_response(
         page_body(
@@ -176,8 +177,9 @@ async def list_(request: Request) -> Response:
 async def fetch(request: Request) -> Response:
     ctx = await authenticated(request)
     sid = ctx.path_sid("Sid", sids.SERVICE)
-    async with ctx.database.read() as conn:
-        row = await services.get(conn, account_id=ctx.account_id, sid=sid)
+    row = await ctx.database.read(
+        lambda conn: services.get(conn, account_id=ctx.account_id, sid=sid)
+    )
     return json_response(render(ctx, row))
 
 
@@ -186,12 +188,10 @@ async def update(request: Request) -> Response:
     sid = ctx.path_sid("Sid", sids.SERVICE)
     values, references = _settings(await Form.from_body(request))
 
-    async def op(conn: AsyncConnection) -> RowMapping:
-        await services.resolve(conn, account_id=ctx.account_id, sid=sid)
-        resolved = await _with_credentials(conn, ctx, values, references)
-        return await services.update_fields(
-            conn, account_id=ctx.account_id, sid=sid, values=resolved
-        )
+    def op(conn: Connection) -> RowMapping:
+        services.resolve(conn, account_id=ctx.account_id, sid=sid)
+        resolved = _with_credentials(conn, ctx, values, references)
+        return services.update_fields(conn, account_id=ctx.account_id, sid=sid, values=resolved)
 
     return json_response(render(ctx, await ctx.database.write(op)))
 
@@ -200,8 +200,8 @@ async def delete(request: Request) -> Response:
     ctx = await authenticated(request)
     sid = ctx.path_sid("Sid", sids.SERVICE)
 
-    async def op(conn: AsyncConnection) -> None:
-        await services.remove(conn, account_id=ctx.account_id, sid=sid)
+    def op(conn: Connection) -> None:
+        services.remove(conn, account_id=ctx.account_id, sid=sid)
 
     await ctx.database.write(op)
     return no_content()

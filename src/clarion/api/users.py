@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
+from sqlalchemy import Connection
 from sqlalchemy.engine import RowMapping
-from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -83,9 +83,9 @@ async def create(request: Request) -> Response:
     identity = identity_value("Identity", form.required("Identity", max_length=IDENTITY_MAX))
     segments = form.strings("Segment", max_items=MAX_SEGMENTS_PER_USER, max_length=SEGMENT_MAX)
 
-    async def op(conn: AsyncConnection) -> dict[str, Any]:
-        service_id = await services.resolve(conn, account_id=ctx.account_id, sid=service_sid)
-        return await users.create(conn, service_id=service_id, identity=identity, segments=segments)
+    def op(conn: Connection) -> dict[str, Any]:
+        service_id = services.resolve(conn, account_id=ctx.account_id, sid=service_sid)
+        return users.create(conn, service_id=service_id, identity=identity, segments=segments)
 
     return json_response(render_user(ctx, await ctx.database.write(op)), status=201)
 
@@ -97,15 +97,18 @@ async def list_(request: Request) -> Response:
     identities = query.strings("Identity", max_items=100, max_length=IDENTITY_MAX)
     segment = query.string("Segment", max_length=SEGMENT_MAX)
     page, number = page_request(query)
-    async with ctx.database.read() as conn:
-        service_id = await services.resolve(conn, account_id=ctx.account_id, sid=service_sid)
-        result, segments_by_id = await users.list_page(
+
+    def load(conn: Connection) -> Any:
+        service_id = services.resolve(conn, account_id=ctx.account_id, sid=service_sid)
+        return users.list_page(
             conn,
             service_id=service_id,
             identities=identities,
             segment_name=segment or None,
             page=page,
         )
+
+    result, segments_by_id = await ctx.database.read(load)
     items = [
         render_user(ctx, {**row, "segments": segments_by_id.get(row["id"], [])})
         for row in result.rows
@@ -119,9 +122,12 @@ async def fetch(request: Request) -> Response:
     ctx = await authenticated(request)
     service_sid = ctx.path_sid("ServiceSid", sids.SERVICE)
     identity = ctx.path_text("Identity")
-    async with ctx.database.read() as conn:
-        service_id = await services.resolve(conn, account_id=ctx.account_id, sid=service_sid)
-        row = await users.get(conn, service_id=service_id, identity=identity)
+
+    def load(conn: Connection) -> Any:
+        service_id = services.resolve(conn, account_id=ctx.account_id, sid=service_sid)
+        return users.get(conn, service_id=service_id, identity=identity)
+
+    row = await ctx.database.read(load)
     return json_response(render_user(ctx, row))
 
 
@@ -130,9 +136,9 @@ async def delete(request: Request) -> Response:
     service_sid = ctx.path_sid("ServiceSid", sids.SERVICE)
     identity = ctx.path_text("Identity")
 
-    async def op(conn: AsyncConnection) -> None:
-        service_id = await services.resolve(conn, account_id=ctx.account_id, sid=service_sid)
-        await users.remove(conn, service_id=service_id, identity=identity)
+    def op(conn: Connection) -> None:
+        service_id = services.resolve(conn, account_id=ctx.account_id, sid=service_sid)
+        users.remove(conn, service_id=service_id, identity=identity)
 
     await ctx.database.write(op)
     return no_content()
@@ -145,11 +151,9 @@ async def create_membership(request: Request) -> Response:
     form = await Form.from_body(request)
     segment = _segment_value(form.required("Segment", max_length=SEGMENT_MAX))
 
-    async def op(conn: AsyncConnection) -> None:
-        service_id = await services.resolve(conn, account_id=ctx.account_id, sid=service_sid)
-        await users.add_membership(
-            conn, service_id=service_id, identity=identity, segment_name=segment
-        )
+    def op(conn: Connection) -> None:
+        service_id = services.resolve(conn, account_id=ctx.account_id, sid=service_sid)
+        users.add_membership(conn, service_id=service_id, identity=identity, segment_name=segment)
 
     await ctx.database.write(op)
     return json_response(
@@ -169,11 +173,12 @@ async def fetch_membership(request: Request) -> Response:
     service_sid = ctx.path_sid("ServiceSid", sids.SERVICE)
     identity = ctx.path_text("Identity")
     segment = ctx.path_text("Segment")
-    async with ctx.database.read() as conn:
-        service_id = await services.resolve(conn, account_id=ctx.account_id, sid=service_sid)
-        member = await users.is_member(
-            conn, service_id=service_id, identity=identity, segment_name=segment
-        )
+
+    def load(conn: Connection) -> Any:
+        service_id = services.resolve(conn, account_id=ctx.account_id, sid=service_sid)
+        return users.is_member(conn, service_id=service_id, identity=identity, segment_name=segment)
+
+    member = await ctx.database.read(load)
     if not member:
         raise errors.not_found()
     return json_response(
@@ -193,9 +198,9 @@ async def delete_membership(request: Request) -> Response:
     identity = ctx.path_text("Identity")
     segment = ctx.path_text("Segment")
 
-    async def op(conn: AsyncConnection) -> None:
-        service_id = await services.resolve(conn, account_id=ctx.account_id, sid=service_sid)
-        await users.remove_membership(
+    def op(conn: Connection) -> None:
+        service_id = services.resolve(conn, account_id=ctx.account_id, sid=service_sid)
+        users.remove_membership(
             conn, service_id=service_id, identity=identity, segment_name=segment
         )
 
@@ -208,9 +213,12 @@ async def list_segments(request: Request) -> Response:
     service_sid = ctx.path_sid("ServiceSid", sids.SERVICE)
     query = Form.from_query(request)
     page, number = page_request(query)
-    async with ctx.database.read() as conn:
-        service_id = await services.resolve(conn, account_id=ctx.account_id, sid=service_sid)
-        result = await users.list_segments(conn, service_id=service_id, page=page)
+
+    def load(conn: Connection) -> Any:
+        service_id = services.resolve(conn, account_id=ctx.account_id, sid=service_sid)
+        return users.list_segments(conn, service_id=service_id, page=page)
+
+    result = await ctx.database.read(load)
     items = [render_segment(row) for row in result.rows]
     return json_response(
         page_body(

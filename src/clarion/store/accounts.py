@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, insert, select
 
 from clarion import errors, sids
 from clarion.store.clock import utcnow
@@ -29,11 +28,11 @@ class Principal:
     account_sid: str
 
 
-async def create_account(conn: AsyncConnection, vault: Vault, *, friendly_name: str) -> Issued:
+def create_account(conn: Connection, vault: Vault, *, friendly_name: str) -> Issued:
     token = new_token()
     now = utcnow()
     sid = sids.new_sid(sids.ACCOUNT)
-    await conn.execute(
+    conn.execute(
         insert(account).values(
             sid=sid,
             friendly_name=friendly_name,
@@ -46,13 +45,13 @@ async def create_account(conn: AsyncConnection, vault: Vault, *, friendly_name: 
     return Issued(sid=sid, secret=token)
 
 
-async def create_api_key(conn: AsyncConnection, *, account_sid: str, friendly_name: str) -> Issued:
-    account_id = await conn.scalar(select(account.c.id).where(account.c.sid == account_sid))
+def create_api_key(conn: Connection, *, account_sid: str, friendly_name: str) -> Issued:
+    account_id = conn.scalar(select(account.c.id).where(account.c.sid == account_sid))
     if account_id is None:
         raise errors.not_found(f"account {account_sid} does not exist")
     secret = new_token() + new_token()
     sid = sids.new_sid(sids.API_KEY)
-    await conn.execute(
+    conn.execute(
         insert(api_key).values(
             sid=sid,
             account_id=account_id,
@@ -64,17 +63,17 @@ async def create_api_key(conn: AsyncConnection, *, account_sid: str, friendly_na
     return Issued(sid=sid, secret=secret)
 
 
-async def first_account(conn: AsyncConnection, vault: Vault) -> Issued | None:
+def first_account(conn: Connection, vault: Vault) -> Issued | None:
     """The oldest account with its auth token: what `clarion serve` shows a developer."""
     row = (
-        await conn.execute(
+        conn.execute(
             select(account.c.sid, account.c.auth_token_sealed).order_by(account.c.id).limit(1)
         )
     ).first()
     return None if row is None else Issued(sid=row.sid, secret=vault.open(row.auth_token_sealed))
 
 
-async def credential_digest(conn: AsyncConnection, username: str) -> tuple[Principal, str] | None:
+def credential_digest(conn: Connection, username: str) -> tuple[Principal, str] | None:
     """The principal a Basic-auth username names and the digest its password must match."""
     if sids.is_sid(username, sids.ACCOUNT):
         stmt = select(
@@ -88,7 +87,7 @@ async def credential_digest(conn: AsyncConnection, username: str) -> tuple[Princ
         )
     else:
         return None
-    row = (await conn.execute(stmt)).first()
+    row = (conn.execute(stmt)).first()
     if row is None:
         return None
     return Principal(account_id=row.id, account_sid=row.sid), row.digest

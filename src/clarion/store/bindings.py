@@ -11,8 +11,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, delete, exists, func, insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from clarion import errors, sids
 from clarion.store import users
@@ -62,7 +72,7 @@ def has_tag(tag: str) -> ColumnElement[bool]:
     return or_(binding.c.binding_type == tag, explicit)
 
 
-async def register(conn: AsyncConnection, *, service_id: int, reg: Registration) -> dict[str, Any]:
+def register(conn: Connection, *, service_id: int, reg: Registration) -> dict[str, Any]:
     """Create the binding, or move an already registered address to this identity and tags.
 
     Moving keeps the SID: a device that changes hands must stop receiving the previous
@@ -70,7 +80,7 @@ async def register(conn: AsyncConnection, *, service_id: int, reg: Registration)
     """
     now = utcnow()
     existing = (
-        await conn.execute(
+        conn.execute(
             select(binding.c.id, binding.c.identity).where(
                 binding.c.service_id == service_id,
                 binding.c.binding_type == reg.binding_type,
@@ -80,7 +90,7 @@ async def register(conn: AsyncConnection, *, service_id: int, reg: Registration)
     ).first()
     same_identity = existing is not None and existing.identity == reg.identity
     if not same_identity:
-        count = await conn.scalar(
+        count = conn.scalar(
             select(func.count()).where(
                 binding.c.service_id == service_id, binding.c.identity == reg.identity
             )
@@ -99,7 +109,7 @@ async def register(conn: AsyncConnection, *, service_id: int, reg: Registration)
         "date_updated": now,
     }
     if existing is None:
-        binding_id = await conn.scalar(
+        binding_id = conn.scalar(
             insert(binding)
             .values(
                 sid=sids.new_sid(sids.BINDING),
@@ -113,30 +123,30 @@ async def register(conn: AsyncConnection, *, service_id: int, reg: Registration)
         )
     else:
         binding_id = existing.id
-        await conn.execute(update(binding).where(binding.c.id == binding_id).values(**values))
-        await conn.execute(delete(binding_tag).where(binding_tag.c.binding_id == binding_id))
+        conn.execute(update(binding).where(binding.c.id == binding_id).values(**values))
+        conn.execute(delete(binding_tag).where(binding_tag.c.binding_id == binding_id))
     if reg.tags:
-        await conn.execute(
+        conn.execute(
             insert(binding_tag), [{"binding_id": binding_id, "tag": tag} for tag in reg.tags]
         )
-    await users.ensure(conn, service_id=service_id, identity=reg.identity, now=now)
-    return await _one(
+    users.ensure(conn, service_id=service_id, identity=reg.identity, now=now)
+    return _one(
         conn,
         _PUBLIC.where(binding.c.id == binding_id),
     )
 
 
-async def get(
-    conn: AsyncConnection, *, service_id: int, sid: str, identity: str | None = None
+def get(
+    conn: Connection, *, service_id: int, sid: str, identity: str | None = None
 ) -> dict[str, Any]:
     query = _PUBLIC.where(binding.c.service_id == service_id, binding.c.sid == sid)
     if identity is not None:
         query = query.where(binding.c.identity == identity)
-    return await _one(conn, query)
+    return _one(conn, query)
 
 
-async def list_page(
-    conn: AsyncConnection,
+def list_page(
+    conn: Connection,
     *,
     service_id: int,
     identities: Sequence[str],
@@ -155,31 +165,29 @@ async def list_page(
         query = query.where(binding.c.date_created >= created_from)
     if created_before is not None:
         query = query.where(binding.c.date_created < created_before)
-    result = await fetch_page(conn, query, binding.c.id, page)
-    return result, await _tags(conn, [int(row["id"]) for row in result.rows])
+    result = fetch_page(conn, query, binding.c.id, page)
+    return result, _tags(conn, [int(row["id"]) for row in result.rows])
 
 
-async def remove(
-    conn: AsyncConnection, *, service_id: int, sid: str, identity: str | None = None
-) -> None:
+def remove(conn: Connection, *, service_id: int, sid: str, identity: str | None = None) -> None:
     stmt = delete(binding).where(binding.c.service_id == service_id, binding.c.sid == sid)
     if identity is not None:
         stmt = stmt.where(binding.c.identity == identity)
-    if (await conn.execute(stmt)).rowcount == 0:
+    if (conn.execute(stmt)).rowcount == 0:
         raise errors.not_found()
 
 
-async def _one(conn: AsyncConnection, query: Select[Any]) -> dict[str, Any]:
-    row = (await conn.execute(query)).mappings().first()
+def _one(conn: Connection, query: Select[Any]) -> dict[str, Any]:
+    row = (conn.execute(query)).mappings().first()
     if row is None:
         raise errors.not_found()
-    return {**row, "tags": (await _tags(conn, [row["id"]])).get(row["id"], [])}
+    return {**row, "tags": (_tags(conn, [row["id"]])).get(row["id"], [])}
 
 
-async def _tags(conn: AsyncConnection, binding_ids: Sequence[int]) -> dict[int, list[str]]:
+def _tags(conn: Connection, binding_ids: Sequence[int]) -> dict[int, list[str]]:
     tags: dict[int, list[str]] = {}
     if binding_ids:
-        rows = await conn.execute(
+        rows = conn.execute(
             select(binding_tag.c.binding_id, binding_tag.c.tag)
             .where(binding_tag.c.binding_id.in_(binding_ids))
             .order_by(binding_tag.c.binding_id, binding_tag.c.tag)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import Connection, insert, select
 from sqlalchemy.engine import RowMapping
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clarion import errors, sids
 from clarion.store.clock import utcnow
@@ -28,8 +27,8 @@ _PUBLIC = select(
 ).select_from(credential.join(account))
 
 
-async def create(
-    conn: AsyncConnection,
+def create(
+    conn: Connection,
     *,
     account_id: int,
     type_: str,
@@ -40,7 +39,7 @@ async def create(
 ) -> RowMapping:
     now = utcnow()
     sid = sids.new_sid(sids.CREDENTIAL)
-    await conn.execute(
+    conn.execute(
         insert(credential).values(
             sid=sid,
             account_id=account_id,
@@ -53,13 +52,13 @@ async def create(
             date_updated=now,
         )
     )
-    return await get(conn, account_id=account_id, sid=sid)
+    return get(conn, account_id=account_id, sid=sid)
 
 
-async def get(conn: AsyncConnection, *, account_id: int, sid: str) -> RowMapping:
+def get(conn: Connection, *, account_id: int, sid: str) -> RowMapping:
     row = (
         (
-            await conn.execute(
+            conn.execute(
                 _PUBLIC.where(credential.c.account_id == account_id, credential.c.sid == sid)
             )
         )
@@ -71,10 +70,10 @@ async def get(conn: AsyncConnection, *, account_id: int, sid: str) -> RowMapping
     return row
 
 
-async def get_sealed_secret(conn: AsyncConnection, *, account_id: int, sid: str) -> str | None:
+def get_sealed_secret(conn: Connection, *, account_id: int, sid: str) -> str | None:
     """The sealed secret, for merging a partial update; raises 404 like `get`."""
     row = (
-        await conn.execute(
+        conn.execute(
             select(credential.c.secret_sealed).where(
                 credential.c.account_id == account_id, credential.c.sid == sid
             )
@@ -85,10 +84,10 @@ async def get_sealed_secret(conn: AsyncConnection, *, account_id: int, sid: str)
     return row.secret_sealed  # type: ignore[no-any-return]
 
 
-async def find(conn: AsyncConnection, *, account_id: int, sid: str) -> tuple[int, str] | None:
+def find(conn: Connection, *, account_id: int, sid: str) -> tuple[int, str] | None:
     """Id and type of the account's credential `sid`, for resources that reference one."""
     row = (
-        await conn.execute(
+        conn.execute(
             select(credential.c.id, credential.c.type).where(
                 credential.c.account_id == account_id, credential.c.sid == sid
             )
@@ -97,18 +96,18 @@ async def find(conn: AsyncConnection, *, account_id: int, sid: str) -> tuple[int
     return None if row is None else (row.id, row.type)
 
 
-async def list_page(conn: AsyncConnection, *, account_id: int, page: PageRequest) -> PageResult:
-    return await fetch_page(
+def list_page(conn: Connection, *, account_id: int, page: PageRequest) -> PageResult:
+    return fetch_page(
         conn, _PUBLIC.where(credential.c.account_id == account_id), credential.c.id, page
     )
 
 
-async def update_fields(
-    conn: AsyncConnection, *, account_id: int, sid: str, values: dict[str, Any]
+def update_fields(
+    conn: Connection, *, account_id: int, sid: str, values: dict[str, Any]
 ) -> RowMapping:
-    await update_owned(conn, credential, account_id=account_id, sid=sid, values=values)
-    return await get(conn, account_id=account_id, sid=sid)
+    update_owned(conn, credential, account_id=account_id, sid=sid, values=values)
+    return get(conn, account_id=account_id, sid=sid)
 
 
-async def remove(conn: AsyncConnection, *, account_id: int, sid: str) -> None:
-    await delete_owned(conn, credential, account_id=account_id, sid=sid)
+def remove(conn: Connection, *, account_id: int, sid: str) -> None:
+    delete_owned(conn, credential, account_id=account_id, sid=sid)

@@ -1,52 +1,68 @@
-"""Engines for both backends, and the group-commit writer every API write goes through.
+"""Where store functions run, on either engine, and the group commit every API write uses.
 
-SQLite (embedded default) allows one writer: a single connection opened with `BEGIN IMMEDIATE`
-does all writes, so lock contention never turns into `SQLITE_BUSY`; reads use a separate pool in
-WAL mode. PostgreSQL uses one pool for both.
+Store functions are plain synchronous functions of a SQLAlchemy `Connection`; `Database` decides
+where they run:
+
+- **SQLite** (embedded default): in threads of our own on pysqlite connections. Through an async
+  driver every statement costs several thread hand-offs (aiosqlite measured ~1 ms a statement on
+  this machine); here a whole read, or a whole batch of writes, is one hand-off. SQLite allows one
+  writer, so one connection in one thread does all writes, each transaction opened with
+  `BEGIN IMMEDIATE` so lock contention never turns into `SQLITE_BUSY`; reads use a pool in WAL
+  mode.
+- **PostgreSQL**: on asyncpg, through `AsyncConnection.run_sync`, so many requests share the
+  event loop and a connection pool.
 
 Writes are *group-committed* (reference/architecture.md §2.4, §3.2): requests queue an operation,
 one task runs every queued operation in one transaction — each inside a savepoint, so one
 request's failure never undoes another's — and answers each caller only after COMMIT. One fsync
-then serves dozens of requests; measured ~6 times the throughput of a transaction per request.
+then serves dozens of requests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy import event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 T = TypeVar("T")
-WriteOp = Callable[[AsyncConnection], Awaitable[T]]
+Op = Callable[[Connection], T]
 
 # Requests answered per transaction at most; bounds one commit's latency.
 MAX_BATCH = 256
+SQLITE_READERS = 4
 
 
-def async_url(url: str) -> str:
-    """Map the operator's URL (`sqlite:///…`, `postgresql://…`) to the async driver's."""
+def engine_url(url: str) -> str:
+    """Map the operator's URL (`sqlite:///…`, `postgresql://…`) to the driver Clarion uses."""
     parsed = make_url(url)
-    if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
-        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    if parsed.get_backend_name() == "sqlite":
+        parsed = parsed.set(drivername="sqlite+pysqlite")
     elif parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
         parsed = parsed.set(drivername="postgresql+asyncpg")
     return parsed.render_as_string(hide_password=False)
 
 
-def _sqlite_engine(url: str, *, writer: bool) -> AsyncEngine:
-    engine = create_async_engine(url, pool_size=1 if writer else 4, max_overflow=0)
+def _sqlite_engine(url: str, *, writer: bool) -> Engine:
+    engine = create_engine(
+        url,
+        pool_size=1 if writer else SQLITE_READERS,
+        max_overflow=0,
+        # Connections move between our threads, never used by two at once.
+        connect_args={"check_same_thread": False},
+    )
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         # Take transaction control from pysqlite, so BEGIN is ours (and savepoints work).
         dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
         for pragma in (
             "journal_mode=WAL",
             "synchronous=FULL",  # a 201 must survive power loss, not only a crash
@@ -55,12 +71,11 @@ def _sqlite_engine(url: str, *, writer: bool) -> AsyncEngine:
             "temp_store=MEMORY",
             "cache_size=-65536",
         ):
-            cursor.execute(f"PRAGMA {pragma}")
-        cursor.close()
+            dbapi_connection.execute(f"PRAGMA {pragma}")
 
     begin = "BEGIN IMMEDIATE" if writer else "BEGIN"
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
         # IMMEDIATE takes the write lock up front; a deferred transaction that upgrades later
         # gets SQLITE_BUSY without waiting for busy_timeout.
@@ -71,31 +86,30 @@ def _sqlite_engine(url: str, *, writer: bool) -> AsyncEngine:
 
 @dataclass
 class _Pending:
-    op: WriteOp[Any]
+    op: Op[Any]
     future: asyncio.Future[Any] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
 
 
 class Database:
-    """The process's handle on the store: `read()` for queries, `write(op)` for changes."""
+    """The process's handle on the store: `read(fn)` for queries, `write(fn)` for changes."""
 
     def __init__(self, url: str) -> None:
-        self.url = async_url(url)
+        self.url = engine_url(url)
         self.dialect = make_url(self.url).get_backend_name()
+        self._sqlite_writer: Engine | None = None
+        self._sqlite_reader: Engine | None = None
+        self._postgres: AsyncEngine | None = None
         if self.dialect == "sqlite":
-            self._write_engine = _sqlite_engine(self.url, writer=True)
-            self._read_engine = _sqlite_engine(self.url, writer=False)
+            self._sqlite_writer = _sqlite_engine(self.url, writer=True)
+            self._sqlite_reader = _sqlite_engine(self.url, writer=False)
+            self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="clarion-writer")
+            self._read_threads = ThreadPoolExecutor(SQLITE_READERS, "clarion-reader")
         else:
-            self._write_engine = create_async_engine(self.url, pool_size=10, max_overflow=10)
-            self._read_engine = self._write_engine
+            self._postgres = create_async_engine(self.url, pool_size=10, max_overflow=10)
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
-
-    @property
-    def engine(self) -> AsyncEngine:
-        """The engine that may write; for migrations and maintenance outside the writer."""
-        return self._write_engine
 
     async def start(self) -> None:
         if self._writer is None:
@@ -107,28 +121,51 @@ class Database:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
             self._writer = None
-        await self._write_engine.dispose()
-        if self._read_engine is not self._write_engine:
-            await self._read_engine.dispose()
+        if self._postgres is not None:
+            await self._postgres.dispose()
+        else:
+            assert self._sqlite_writer is not None
+            assert self._sqlite_reader is not None
+            self._write_thread.shutdown()
+            self._read_threads.shutdown()
+            self._sqlite_writer.dispose()
+            self._sqlite_reader.dispose()
 
-    @contextlib.asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A read-only transaction; sees everything committed before it began."""
-        async with self._read_engine.connect() as connection:
-            yield connection
+    async def read(self, fn: Op[T]) -> T:
+        """Run `fn` in a read transaction; it sees everything committed before it began."""
+        if self._postgres is not None:
+            async with self._postgres.connect() as connection:
+                return await connection.run_sync(fn)
+        return await self._in_thread(self._read_threads, self._sqlite_reader, fn)
 
-    async def write(self, op: WriteOp[T]) -> T:
-        """Run `op` in the next group commit; returns its result once it is durable.
+    async def transaction(self, fn: Op[T]) -> T:
+        """Run `fn` in a transaction of its own, outside the group commit (CLI, migrations)."""
+        if self._postgres is not None:
+            async with self._postgres.begin() as connection:
+                return await connection.run_sync(fn)
+        return await self._in_thread(self._write_thread, self._sqlite_writer, fn)
 
-        `op` must only talk to the database: it runs in a transaction shared with other
+    async def write(self, fn: Op[T]) -> T:
+        """Run `fn` in the next group commit; returns its result once it is durable.
+
+        `fn` must only talk to the database: it runs in a transaction shared with other
         requests. An exception it raises rolls back its own savepoint and is re-raised here.
         """
         if self._writer is None:
             raise RuntimeError("Database.start() was not called")
-        pending = _Pending(op)
+        pending = _Pending(fn)
         self._queue.put_nowait(pending)
         result: T = await asyncio.shield(pending.future)
         return result
+
+    async def _in_thread(self, pool: ThreadPoolExecutor, engine: Engine | None, fn: Op[T]) -> T:
+        assert engine is not None
+
+        def run() -> T:
+            with engine.begin() as connection:
+                return fn(connection)
+
+        return await asyncio.get_running_loop().run_in_executor(pool, run)
 
     async def _write_loop(self) -> None:
         while True:
@@ -136,37 +173,26 @@ class Database:
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                await self._commit(batch)
+                outcomes = await self.transaction(functools.partial(_run_batch, batch=batch))
             except asyncio.CancelledError:
                 for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(RuntimeError("database is shutting down"))
+                    _settle(pending, (False, RuntimeError("database is shutting down")))
                 raise
+            except Exception as exc:
+                outcomes = [(False, exc)] * len(batch)
+            for pending, outcome in zip(batch, outcomes, strict=True):
+                _settle(pending, outcome)
 
-    async def _commit(self, batch: list[_Pending]) -> None:
-        results: list[tuple[bool, Any]] = []
+
+def _run_batch(conn: Connection, *, batch: list[_Pending]) -> list[tuple[bool, Any]]:
+    outcomes: list[tuple[bool, Any]] = []
+    for pending in batch:
         try:
-            async with self._write_engine.begin() as connection:
-                if len(batch) == 1:
-                    results.append((True, await batch[0].op(connection)))
-                else:
-                    for pending in batch:
-                        results.append(await _in_savepoint(connection, pending.op))
+            with conn.begin_nested():
+                outcomes.append((True, pending.op(conn)))
         except Exception as exc:
-            for index, pending in enumerate(batch):
-                failed_alone = index < len(results) and not results[index][0]
-                _settle(pending, (False, results[index][1] if failed_alone else exc))
-            return
-        for pending, outcome in zip(batch, results, strict=True):
-            _settle(pending, outcome)
-
-
-async def _in_savepoint(connection: AsyncConnection, op: WriteOp[Any]) -> tuple[bool, Any]:
-    try:
-        async with connection.begin_nested():
-            return True, await op(connection)
-    except Exception as exc:
-        return False, exc
+            outcomes.append((False, exc))
+    return outcomes
 
 
 def _settle(pending: _Pending, outcome: tuple[bool, Any]) -> None:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Table
+from sqlalchemy import Connection, Table
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 
-def insert_or_ignore(conn: AsyncConnection, table: Table) -> postgresql.Insert | sqlite.Insert:
+def insert_or_ignore(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
     """`INSERT … ON CONFLICT DO NOTHING` for the connection's engine."""
     if conn.dialect.name == "postgresql":
         return postgresql.insert(table).on_conflict_do_nothing()

@@ -21,10 +21,8 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 async def upgrade(database: Database, revision: str = "head") -> None:
-    async with database.engine.begin() as connection:
-        await connection.run_sync(lambda sync: command.upgrade(alembic_config(sync), revision))
+    await database.transaction(lambda conn: command.upgrade(alembic_config(conn), revision))
 
 
 async def downgrade(database: Database, revision: str = "base") -> None:
-    async with database.engine.begin() as connection:
-        await connection.run_sync(lambda sync: command.downgrade(alembic_config(sync), revision))
+    await database.transaction(lambda conn: command.downgrade(alembic_config(conn), revision))

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, insert
 
 from clarion import sids
 from clarion.store.clock import utcnow
@@ -49,10 +48,10 @@ class Created:
     date_created: datetime
 
 
-async def create(conn: AsyncConnection, *, service_id: int, new: NewNotification) -> Created:
+def create(conn: Connection, *, service_id: int, new: NewNotification) -> Created:
     now = utcnow()
     sid = sids.new_sid(sids.NOTIFICATION)
-    notification_id = await conn.scalar(
+    notification_id = conn.scalar(
         insert(notification)
         .values(
             sid=sid,
@@ -70,7 +69,7 @@ async def create(conn: AsyncConnection, *, service_id: int, new: NewNotification
     )
     if new.direct:
         rank = PRIORITY_RANK[new.priority]
-        await conn.execute(
+        conn.execute(
             insert(delivery),
             [
                 {
@@ -90,7 +89,7 @@ async def create(conn: AsyncConnection, *, service_id: int, new: NewNotification
             ],
         )
     else:
-        await conn.execute(
+        conn.execute(
             insert(job).values(
                 kind="fanout",
                 notification_id=notification_id,

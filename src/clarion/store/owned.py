@@ -8,17 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Table, delete, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, Table, delete, update
 
 from clarion import errors
 from clarion.store.clock import utcnow
 
 
-async def update_owned(
-    conn: AsyncConnection, table: Table, *, account_id: int, sid: str, values: dict[str, Any]
+def update_owned(
+    conn: Connection, table: Table, *, account_id: int, sid: str, values: dict[str, Any]
 ) -> None:
-    result = await conn.execute(
+    result = conn.execute(
         update(table)
         .where(table.c.account_id == account_id, table.c.sid == sid)
         .values(**values, date_updated=utcnow())
@@ -27,9 +26,7 @@ async def update_owned(
         raise errors.not_found()
 
 
-async def delete_owned(conn: AsyncConnection, table: Table, *, account_id: int, sid: str) -> None:
-    result = await conn.execute(
-        delete(table).where(table.c.account_id == account_id, table.c.sid == sid)
-    )
+def delete_owned(conn: Connection, table: Table, *, account_id: int, sid: str) -> None:
+    result = conn.execute(delete(table).where(table.c.account_id == account_id, table.c.sid == sid))
     if result.rowcount == 0:
         raise errors.not_found()

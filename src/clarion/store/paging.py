@@ -11,9 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select
+from sqlalchemy import ColumnElement, Connection, Select
 from sqlalchemy.engine import RowMapping
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,13 +38,13 @@ class PageResult:
         return int(self.rows[-1]["id"]) if self.rows else None
 
 
-async def fetch_page(
-    conn: AsyncConnection, query: Select[Any], id_column: ColumnElement[int], page: PageRequest
+def fetch_page(
+    conn: Connection, query: Select[Any], id_column: ColumnElement[int], page: PageRequest
 ) -> PageResult:
     """Run `query` (which must select `id`) for one page in ascending id order."""
     if page.before_id is not None:
         stmt = query.where(id_column < page.before_id).order_by(id_column.desc())
-        rows = list((await conn.execute(stmt.limit(page.size + 1))).mappings())
+        rows = list((conn.execute(stmt.limit(page.size + 1))).mappings())
         has_previous = len(rows) > page.size
         return PageResult(rows=rows[: page.size][::-1], has_next=True, has_previous=has_previous)
     if page.after_id is not None:
@@ -54,7 +53,7 @@ async def fetch_page(
     else:
         stmt = query.order_by(id_column).offset(page.offset)
         has_previous = page.offset > 0
-    rows = list((await conn.execute(stmt.limit(page.size + 1))).mappings())
+    rows = list((conn.execute(stmt.limit(page.size + 1))).mappings())
     return PageResult(
         rows=rows[: page.size], has_next=len(rows) > page.size, has_previous=has_previous
     )

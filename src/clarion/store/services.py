@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import Connection, insert, select
 from sqlalchemy.engine import RowMapping
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clarion import errors, sids
 from clarion.store.clock import utcnow
@@ -32,24 +31,20 @@ _PUBLIC = select(
 ).select_from(service.join(account))
 
 
-async def create(conn: AsyncConnection, *, account_id: int, values: dict[str, Any]) -> RowMapping:
+def create(conn: Connection, *, account_id: int, values: dict[str, Any]) -> RowMapping:
     now = utcnow()
     sid = sids.new_sid(sids.SERVICE)
-    await conn.execute(
+    conn.execute(
         insert(service).values(
             sid=sid, account_id=account_id, date_created=now, date_updated=now, **values
         )
     )
-    return await get(conn, account_id=account_id, sid=sid)
+    return get(conn, account_id=account_id, sid=sid)
 
 
-async def get(conn: AsyncConnection, *, account_id: int, sid: str) -> RowMapping:
+def get(conn: Connection, *, account_id: int, sid: str) -> RowMapping:
     row = (
-        (
-            await conn.execute(
-                _PUBLIC.where(service.c.account_id == account_id, service.c.sid == sid)
-            )
-        )
+        (conn.execute(_PUBLIC.where(service.c.account_id == account_id, service.c.sid == sid)))
         .mappings()
         .first()
     )
@@ -58,9 +53,9 @@ async def get(conn: AsyncConnection, *, account_id: int, sid: str) -> RowMapping
     return row
 
 
-async def resolve(conn: AsyncConnection, *, account_id: int, sid: str) -> int:
+def resolve(conn: Connection, *, account_id: int, sid: str) -> int:
     """The internal id of the account's service `sid`; 404 when it is not the caller's."""
-    service_id = await conn.scalar(
+    service_id = conn.scalar(
         select(service.c.id).where(service.c.account_id == account_id, service.c.sid == sid)
     )
     if service_id is None:
@@ -68,21 +63,21 @@ async def resolve(conn: AsyncConnection, *, account_id: int, sid: str) -> int:
     return int(service_id)
 
 
-async def list_page(
-    conn: AsyncConnection, *, account_id: int, friendly_name: str | None, page: PageRequest
+def list_page(
+    conn: Connection, *, account_id: int, friendly_name: str | None, page: PageRequest
 ) -> PageResult:
     query = _PUBLIC.where(service.c.account_id == account_id)
     if friendly_name is not None:
         query = query.where(service.c.friendly_name == friendly_name)
-    return await fetch_page(conn, query, service.c.id, page)
+    return fetch_page(conn, query, service.c.id, page)
 
 
-async def update_fields(
-    conn: AsyncConnection, *, account_id: int, sid: str, values: dict[str, Any]
+def update_fields(
+    conn: Connection, *, account_id: int, sid: str, values: dict[str, Any]
 ) -> RowMapping:
-    await update_owned(conn, service, account_id=account_id, sid=sid, values=values)
-    return await get(conn, account_id=account_id, sid=sid)
+    update_owned(conn, service, account_id=account_id, sid=sid, values=values)
+    return get(conn, account_id=account_id, sid=sid)
 
 
-async def remove(conn: AsyncConnection, *, account_id: int, sid: str) -> None:
-    await delete_owned(conn, service, account_id=account_id, sid=sid)
+def remove(conn: Connection, *, account_id: int, sid: str) -> None:
+    delete_owned(conn, service, account_id=account_id, sid=sid)

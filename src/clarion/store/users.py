@@ -11,8 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, exists, func, insert, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, delete, exists, func, insert, select
 
 from clarion import errors, sids
 from clarion.store.clock import utcnow
@@ -43,9 +42,9 @@ _PUBLIC_SEGMENT = select(
 ).select_from(segment.join(service).join(account))
 
 
-async def ensure(conn: AsyncConnection, *, service_id: int, identity: str, now: datetime) -> None:
+def ensure(conn: Connection, *, service_id: int, identity: str, now: datetime) -> None:
     """Create the user of `identity` unless it exists (a binding registration implies one)."""
-    await conn.execute(
+    conn.execute(
         insert_or_ignore(conn, user).values(
             sid=sids.new_sid(sids.USER),
             service_id=service_id,
@@ -56,27 +55,25 @@ async def ensure(conn: AsyncConnection, *, service_id: int, identity: str, now: 
     )
 
 
-async def create(
-    conn: AsyncConnection, *, service_id: int, identity: str, segments: Sequence[str]
+def create(
+    conn: Connection, *, service_id: int, identity: str, segments: Sequence[str]
 ) -> dict[str, Any]:
-    if await _user_id(conn, service_id=service_id, identity=identity) is not None:
+    if _user_id(conn, service_id=service_id, identity=identity) is not None:
         raise errors.conflict(errors.USER_EXISTS, f"User with Identity '{identity}' already exists")
     now = utcnow()
-    await ensure(conn, service_id=service_id, identity=identity, now=now)
-    user_id = await _user_id(conn, service_id=service_id, identity=identity)
+    ensure(conn, service_id=service_id, identity=identity, now=now)
+    user_id = _user_id(conn, service_id=service_id, identity=identity)
     assert user_id is not None
     for name in dict.fromkeys(segments):
-        segment_id = await _segment_id(conn, service_id=service_id, name=name, now=now)
-        await conn.execute(
-            insert(segment_membership).values(user_id=user_id, segment_id=segment_id)
-        )
-    return await get(conn, service_id=service_id, identity=identity)
+        segment_id = _segment_id(conn, service_id=service_id, name=name, now=now)
+        conn.execute(insert(segment_membership).values(user_id=user_id, segment_id=segment_id))
+    return get(conn, service_id=service_id, identity=identity)
 
 
-async def get(conn: AsyncConnection, *, service_id: int, identity: str) -> dict[str, Any]:
+def get(conn: Connection, *, service_id: int, identity: str) -> dict[str, Any]:
     row = (
         (
-            await conn.execute(
+            conn.execute(
                 _PUBLIC_USER.where(user.c.service_id == service_id, user.c.identity == identity)
             )
         )
@@ -85,11 +82,11 @@ async def get(conn: AsyncConnection, *, service_id: int, identity: str) -> dict[
     )
     if row is None:
         raise errors.not_found()
-    return {**row, "segments": (await _segments_of(conn, [row["id"]])).get(row["id"], [])}
+    return {**row, "segments": (_segments_of(conn, [row["id"]])).get(row["id"], [])}
 
 
-async def list_page(
-    conn: AsyncConnection,
+def list_page(
+    conn: Connection,
     *,
     service_id: int,
     identities: Sequence[str],
@@ -106,15 +103,15 @@ async def list_page(
             .where(segment_membership.c.segment_id == segment.c.id)
             .where(segment.c.unique_name == segment_name)
         )
-    result = await fetch_page(conn, query, user.c.id, page)
-    return result, await _segments_of(conn, [int(row["id"]) for row in result.rows])
+    result = fetch_page(conn, query, user.c.id, page)
+    return result, _segments_of(conn, [int(row["id"]) for row in result.rows])
 
 
-async def remove(conn: AsyncConnection, *, service_id: int, identity: str) -> None:
-    user_id = await _user_id(conn, service_id=service_id, identity=identity)
+def remove(conn: Connection, *, service_id: int, identity: str) -> None:
+    user_id = _user_id(conn, service_id=service_id, identity=identity)
     if user_id is None:
         raise errors.not_found()
-    has_bindings = await conn.scalar(
+    has_bindings = conn.scalar(
         select(exists().where(binding.c.service_id == service_id, binding.c.identity == identity))
     )
     if has_bindings:
@@ -122,17 +119,15 @@ async def remove(conn: AsyncConnection, *, service_id: int, identity: str) -> No
             errors.USER_HAS_BINDINGS,
             f"User '{identity}' still has Bindings; delete them before deleting the User",
         )
-    await conn.execute(delete(user).where(user.c.id == user_id))
+    conn.execute(delete(user).where(user.c.id == user_id))
 
 
-async def add_membership(
-    conn: AsyncConnection, *, service_id: int, identity: str, segment_name: str
-) -> None:
-    user_id = await _user_id(conn, service_id=service_id, identity=identity)
+def add_membership(conn: Connection, *, service_id: int, identity: str, segment_name: str) -> None:
+    user_id = _user_id(conn, service_id=service_id, identity=identity)
     if user_id is None:
         raise errors.not_found()
-    segment_id = await _segment_id(conn, service_id=service_id, name=segment_name, now=utcnow())
-    member = await conn.scalar(
+    segment_id = _segment_id(conn, service_id=service_id, name=segment_name, now=utcnow())
+    member = conn.scalar(
         select(
             exists().where(
                 segment_membership.c.user_id == user_id,
@@ -145,19 +140,17 @@ async def add_membership(
             errors.ALREADY_SEGMENT_MEMBER,
             f"User '{identity}' is already a member of Segment '{segment_name}'",
         )
-    count = await conn.scalar(select(func.count()).where(segment_membership.c.user_id == user_id))
+    count = conn.scalar(select(func.count()).where(segment_membership.c.user_id == user_id))
     if (count or 0) >= MAX_SEGMENTS_PER_USER:
         raise errors.invalid_parameter(
             "Segment", f"a User can be in at most {MAX_SEGMENTS_PER_USER} Segments"
         )
-    await conn.execute(insert(segment_membership).values(user_id=user_id, segment_id=segment_id))
+    conn.execute(insert(segment_membership).values(user_id=user_id, segment_id=segment_id))
 
 
-async def is_member(
-    conn: AsyncConnection, *, service_id: int, identity: str, segment_name: str
-) -> bool:
+def is_member(conn: Connection, *, service_id: int, identity: str, segment_name: str) -> bool:
     return bool(
-        await conn.scalar(
+        conn.scalar(
             select(
                 exists()
                 .where(user.c.service_id == service_id, user.c.identity == identity)
@@ -169,18 +162,18 @@ async def is_member(
     )
 
 
-async def remove_membership(
-    conn: AsyncConnection, *, service_id: int, identity: str, segment_name: str
+def remove_membership(
+    conn: Connection, *, service_id: int, identity: str, segment_name: str
 ) -> None:
-    user_id = await _user_id(conn, service_id=service_id, identity=identity)
-    segment_id = await conn.scalar(
+    user_id = _user_id(conn, service_id=service_id, identity=identity)
+    segment_id = conn.scalar(
         select(segment.c.id).where(
             segment.c.service_id == service_id, segment.c.unique_name == segment_name
         )
     )
     if user_id is None or segment_id is None:
         raise errors.not_found()
-    result = await conn.execute(
+    result = conn.execute(
         delete(segment_membership).where(
             segment_membership.c.user_id == user_id, segment_membership.c.segment_id == segment_id
         )
@@ -189,22 +182,22 @@ async def remove_membership(
         raise errors.not_found()
 
 
-async def list_segments(conn: AsyncConnection, *, service_id: int, page: PageRequest) -> PageResult:
-    return await fetch_page(
+def list_segments(conn: Connection, *, service_id: int, page: PageRequest) -> PageResult:
+    return fetch_page(
         conn, _PUBLIC_SEGMENT.where(segment.c.service_id == service_id), segment.c.id, page
     )
 
 
-async def _user_id(conn: AsyncConnection, *, service_id: int, identity: str) -> int | None:
-    value = await conn.scalar(
+def _user_id(conn: Connection, *, service_id: int, identity: str) -> int | None:
+    value = conn.scalar(
         select(user.c.id).where(user.c.service_id == service_id, user.c.identity == identity)
     )
     return None if value is None else int(value)
 
 
-async def _segment_id(conn: AsyncConnection, *, service_id: int, name: str, now: datetime) -> int:
+def _segment_id(conn: Connection, *, service_id: int, name: str, now: datetime) -> int:
     """The segment called `name`, created on first use (Segments have no create operation)."""
-    await conn.execute(
+    conn.execute(
         insert_or_ignore(conn, segment).values(
             sid=sids.new_sid(sids.SEGMENT),
             service_id=service_id,
@@ -213,7 +206,7 @@ async def _segment_id(conn: AsyncConnection, *, service_id: int, name: str, now:
             date_updated=now,
         )
     )
-    segment_id = await conn.scalar(
+    segment_id = conn.scalar(
         select(segment.c.id).where(
             segment.c.service_id == service_id, segment.c.unique_name == name
         )
@@ -221,10 +214,10 @@ async def _segment_id(conn: AsyncConnection, *, service_id: int, name: str, now:
     return int(segment_id)  # type: ignore[arg-type]
 
 
-async def _segments_of(conn: AsyncConnection, user_ids: Sequence[int]) -> dict[int, list[str]]:
+def _segments_of(conn: Connection, user_ids: Sequence[int]) -> dict[int, list[str]]:
     names: dict[int, list[str]] = {}
     if user_ids:
-        rows = await conn.execute(
+        rows = conn.execute(
             select(segment_membership.c.user_id, segment.c.unique_name)
             .select_from(segment_membership.join(segment))
             .where(segment_membership.c.user_id.in_(user_ids))
