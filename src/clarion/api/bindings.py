@@ -91,7 +91,7 @@ async def _create(ctx: Context, *, identity: str | None) -> Response:
     endpoint = form.string("Endpoint", max_length=256) or None
 
     def op(conn: Connection) -> dict[str, Any]:
-        service = services.get(conn, account_id=ctx.account_id, sid=service_sid)
+        service = services.protocol_defaults(conn, account_id=ctx.account_id, sid=service_sid)
         credential_id = None
         if credential_sid is not None:
             if binding_type not in ("apn", "gcm", "fcm", "webpush"):
@@ -115,7 +115,12 @@ async def _create(ctx: Context, *, identity: str | None) -> Response:
         )
         return bindings.register(conn, service_id=service["id"], reg=registration)
 
-    row = await ctx.database.write(op)
+    row = {
+        **await ctx.database.write(op),
+        "account_sid": ctx.principal.account_sid,
+        "service_sid": service_sid,
+        "credential_sid": credential_sid,
+    }
     return json_response(
         render(ctx, row, under_user=ctx.request.path_params.get("Identity") is not None), status=201
     )

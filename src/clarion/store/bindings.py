@@ -14,7 +14,6 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Connection,
-    Select,
     delete,
     exists,
     func,
@@ -75,13 +74,15 @@ def has_tag(tag: str) -> ColumnElement[bool]:
 def register(conn: Connection, *, service_id: int, reg: Registration) -> dict[str, Any]:
     """Create the binding, or move an already registered address to this identity and tags.
 
+    Returns the binding's own fields; the caller knows the account, service and credential SIDs.
+
     Moving keeps the SID: a device that changes hands must stop receiving the previous
     owner's notifications, and the app that re-registers it keeps a stable handle.
     """
     now = utcnow()
     existing = (
         conn.execute(
-            select(binding.c.id, binding.c.identity).where(
+            select(binding.c.id, binding.c.sid, binding.c.identity, binding.c.date_created).where(
                 binding.c.service_id == service_id,
                 binding.c.binding_type == reg.binding_type,
                 binding.c.address == reg.address,
@@ -109,20 +110,21 @@ def register(conn: Connection, *, service_id: int, reg: Registration) -> dict[st
         "date_updated": now,
     }
     if existing is None:
+        sid, date_created = sids.new_sid(sids.BINDING), now
         binding_id = conn.scalar(
             insert(binding)
             .values(
-                sid=sids.new_sid(sids.BINDING),
+                sid=sid,
                 service_id=service_id,
                 binding_type=reg.binding_type,
                 address=reg.address,
-                date_created=now,
+                date_created=date_created,
                 **values,
             )
             .returning(binding.c.id)
         )
     else:
-        binding_id = existing.id
+        binding_id, sid, date_created = existing.id, existing.sid, existing.date_created
         conn.execute(update(binding).where(binding.c.id == binding_id).values(**values))
         conn.execute(delete(binding_tag).where(binding_tag.c.binding_id == binding_id))
     if reg.tags:
@@ -130,10 +132,19 @@ def register(conn: Connection, *, service_id: int, reg: Registration) -> dict[st
             insert(binding_tag), [{"binding_id": binding_id, "tag": tag} for tag in reg.tags]
         )
     users.ensure(conn, service_id=service_id, identity=reg.identity, now=now)
-    return _one(
-        conn,
-        _PUBLIC.where(binding.c.id == binding_id),
-    )
+    # Built from what was written rather than read back: registration is the hot write path.
+    return {
+        "id": binding_id,
+        "sid": sid,
+        "identity": reg.identity,
+        "binding_type": reg.binding_type,
+        "address": reg.address,
+        "notification_protocol_version": reg.notification_protocol_version,
+        "endpoint": reg.endpoint,
+        "date_created": date_created,
+        "date_updated": now,
+        "tags": sorted(reg.tags),
+    }
 
 
 def get(
@@ -142,7 +153,10 @@ def get(
     query = _PUBLIC.where(binding.c.service_id == service_id, binding.c.sid == sid)
     if identity is not None:
         query = query.where(binding.c.identity == identity)
-    return _one(conn, query)
+    row = conn.execute(query).mappings().first()
+    if row is None:
+        raise errors.not_found()
+    return {**row, "tags": _tags(conn, [row["id"]]).get(row["id"], [])}
 
 
 def list_page(
@@ -177,21 +191,15 @@ def remove(conn: Connection, *, service_id: int, sid: str, identity: str | None 
         raise errors.not_found()
 
 
-def _one(conn: Connection, query: Select[Any]) -> dict[str, Any]:
-    row = (conn.execute(query)).mappings().first()
-    if row is None:
-        raise errors.not_found()
-    return {**row, "tags": (_tags(conn, [row["id"]])).get(row["id"], [])}
-
-
 def _tags(conn: Connection, binding_ids: Sequence[int]) -> dict[int, list[str]]:
     tags: dict[int, list[str]] = {}
     if binding_ids:
         rows = conn.execute(
-            select(binding_tag.c.binding_id, binding_tag.c.tag)
-            .where(binding_tag.c.binding_id.in_(binding_ids))
-            .order_by(binding_tag.c.binding_id, binding_tag.c.tag)
+            select(binding_tag.c.binding_id, binding_tag.c.tag).where(
+                binding_tag.c.binding_id.in_(binding_ids)
+            )
         )
         for binding_id, tag in rows:
             tags.setdefault(binding_id, []).append(tag)
-    return tags
+    # Sorted here, not by the database's collation, so every engine answers alike.
+    return {binding_id: sorted(names) for binding_id, names in tags.items()}

@@ -53,6 +53,28 @@ def get(conn: Connection, *, account_id: int, sid: str) -> RowMapping:
     return row
 
 
+def protocol_defaults(conn: Connection, *, account_id: int, sid: str) -> RowMapping:
+    """The service's id and default notification protocol versions, for a binding registration."""
+    row = (
+        (
+            conn.execute(
+                select(
+                    service.c.id,
+                    service.c.default_apn_notification_protocol_version,
+                    service.c.default_gcm_notification_protocol_version,
+                    service.c.default_fcm_notification_protocol_version,
+                    service.c.default_alexa_notification_protocol_version,
+                ).where(service.c.account_id == account_id, service.c.sid == sid)
+            )
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        raise errors.not_found()
+    return row
+
+
 def resolve(conn: Connection, *, account_id: int, sid: str) -> int:
     """The internal id of the account's service `sid`; 404 when it is not the caller's."""
     service_id = conn.scalar(
