@@ -72,8 +72,10 @@ def _secret_key(env: Mapping[str, str], data_dir: Path) -> str:
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         key = new_key()
-        path.write_text(key + "\n")
-        path.chmod(0o600)
+        # Created owner-only from the first byte, never briefly readable by others.
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(key + "\n")
     except OSError as exc:
         raise ConfigError(f"cannot create {path}: {exc.strerror}") from exc
     return key

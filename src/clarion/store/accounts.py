@@ -46,7 +46,9 @@ def create_account(conn: Connection, vault: Vault, *, friendly_name: str) -> Iss
 
 
 def create_api_key(conn: Connection, *, account_sid: str, friendly_name: str) -> Issued:
-    account_id = conn.scalar(select(account.c.id).where(account.c.sid == account_sid))
+    account_id = conn.scalar(
+        select(account.c.id).where(account.c.sid == sids.normalize_sid(account_sid))
+    )
     if account_id is None:
         raise errors.not_found(f"account {account_sid} does not exist")
     secret = new_token() + new_token()
