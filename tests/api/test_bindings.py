@@ -18,6 +18,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from assertions import assert_error
+
 APN_TOKEN = "a7c6" + "0123456789abcdef" * 3 + "0123456789ab"  # 64 hex digits
 FCM_TOKEN = "dGVzdA:APA91bH-fcm_token.example"
 
@@ -86,16 +88,6 @@ async def created(
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
     return body
-
-
-def assert_error(response: httpx.Response, status: int, code: int, *fragments: str) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["code"] == code
-    assert body["status"] == status
-    assert body["more_info"] == f"https://www.twilio.com/docs/errors/{code}"
-    for fragment in fragments:
-        assert fragment in body["message"]
 
 
 async def list_sids(api: httpx.AsyncClient, service_sid: str, params: Any = None) -> list[str]:

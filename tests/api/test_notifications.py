@@ -15,6 +15,7 @@ import httpx
 import pytest
 from sqlalchemy import Connection, Select, func, select
 
+from assertions import assert_error
 from clarion.store.database import Database
 from clarion.store.tables import delivery, job, notification, service
 from conftest import Account
@@ -34,16 +35,6 @@ def to_binding(binding_type: str, address: str) -> str:
 
 async def send(api: httpx.AsyncClient, service_sid: str, **params: Any) -> httpx.Response:
     return await api.post(url(service_sid), data=params)
-
-
-def assert_error(response: httpx.Response, status: int, code: int, *fragments: str) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["code"] == code
-    assert body["status"] == status
-    assert body["more_info"] == f"https://www.twilio.com/docs/errors/{code}"
-    for fragment in fragments:
-        assert fragment in body["message"], body["message"]
 
 
 async def rows(database: Database, query: Select[Any]) -> list[dict[str, Any]]:

@@ -12,17 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
+from assertions import assert_error
+
 APN_TOKEN = "ab" * 32
-
-
-def assert_error(response: httpx.Response, status: int, code: int, *fragments: str) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["code"] == code
-    assert body["status"] == status
-    assert body["more_info"] == f"https://www.twilio.com/docs/errors/{code}"
-    for fragment in fragments:
-        assert fragment in body["message"]
 
 
 async def create_user(
