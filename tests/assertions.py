@@ -9,6 +9,7 @@ def assert_error(response: httpx.Response, status: int, code: int, *fragments: s
     """A Twilio error body with this status and code whose message names every fragment."""
     assert response.status_code == status, response.text
     body = response.json()
+    assert set(body) == {"code", "message", "more_info", "status"}
     assert body["code"] == code
     assert body["status"] == status
     assert body["more_info"] == f"https://www.twilio.com/docs/errors/{code}"

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from sqlalchemy import select
 
+from assertions import assert_error
 from clarion.store.database import Database
 from clarion.store.tables import credential
 from clarion.vault import Vault
@@ -280,17 +281,6 @@ async def opened_secret(database: Database, vault: Vault, sid: str) -> dict[str,
     assert sealed is not None
     opened: dict[str, str] = json.loads(vault.open(sealed))
     return opened
-
-
-def assert_error(response: httpx.Response, status: int, code: int, *fragments: str) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"code", "message", "more_info", "status"}
-    assert body["code"] == code
-    assert body["status"] == status
-    assert body["more_info"] == f"https://www.twilio.com/docs/errors/{code}"
-    for fragment in fragments:
-        assert fragment in body["message"]
 
 
 def not_found_body(sid: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
 
+from assertions import assert_error
 from clarion.store.database import Database
 from clarion.store.tables import binding
 
@@ -122,19 +123,6 @@ async def create(api: httpx.AsyncClient, form: dict[str, str] | None = None) -> 
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
     return body
-
-
-def assert_error(response: httpx.Response, status: int, code: int, *fragments: str) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body == {
-        "code": code,
-        "message": body["message"],
-        "more_info": f"https://www.twilio.com/docs/errors/{code}",
-        "status": status,
-    }
-    for fragment in fragments:
-        assert fragment in body["message"]
 
 
 def not_found_body(sid: str) -> dict[str, Any]:
