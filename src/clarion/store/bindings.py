@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    bindparam,
     delete,
     exists,
     func,
@@ -71,6 +72,24 @@ def has_tag(tag: str) -> ColumnElement[bool]:
     return or_(binding.c.binding_type == tag, explicit)
 
 
+# Registration is the hot write path: its statements are built once, so each call only binds
+# parameters (building and cache-keying a statement costs more than running it on SQLite).
+_FIND_ADDRESS = select(
+    binding.c.id, binding.c.sid, binding.c.identity, binding.c.date_created
+).where(
+    binding.c.service_id == bindparam("service_id"),
+    binding.c.binding_type == bindparam("binding_type"),
+    binding.c.address == bindparam("address"),
+)
+_COUNT_IDENTITY = select(func.count()).where(
+    binding.c.service_id == bindparam("service_id"), binding.c.identity == bindparam("identity")
+)
+_INSERT = insert(binding).returning(binding.c.id)
+_MOVE = update(binding).where(binding.c.id == bindparam("binding_id"))
+_CLEAR_TAGS = delete(binding_tag).where(binding_tag.c.binding_id == bindparam("binding_id"))
+_ADD_TAG = insert(binding_tag)
+
+
 def register(conn: Connection, *, service_id: int, reg: Registration) -> dict[str, Any]:
     """Create the binding, or move an already registered address to this identity and tags.
 
@@ -80,22 +99,12 @@ def register(conn: Connection, *, service_id: int, reg: Registration) -> dict[st
     owner's notifications, and the app that re-registers it keeps a stable handle.
     """
     now = utcnow()
-    existing = (
-        conn.execute(
-            select(binding.c.id, binding.c.sid, binding.c.identity, binding.c.date_created).where(
-                binding.c.service_id == service_id,
-                binding.c.binding_type == reg.binding_type,
-                binding.c.address == reg.address,
-            )
-        )
+    existing = conn.execute(
+        _FIND_ADDRESS,
+        {"service_id": service_id, "binding_type": reg.binding_type, "address": reg.address},
     ).first()
-    same_identity = existing is not None and existing.identity == reg.identity
-    if not same_identity:
-        count = conn.scalar(
-            select(func.count()).where(
-                binding.c.service_id == service_id, binding.c.identity == reg.identity
-            )
-        )
+    if existing is None or existing.identity != reg.identity:
+        count = conn.scalar(_COUNT_IDENTITY, {"service_id": service_id, "identity": reg.identity})
         if (count or 0) >= MAX_BINDINGS_PER_IDENTITY:
             raise errors.invalid_parameter(
                 "Identity",
@@ -112,25 +121,22 @@ def register(conn: Connection, *, service_id: int, reg: Registration) -> dict[st
     if existing is None:
         sid, date_created = sids.new_sid(sids.BINDING), now
         binding_id = conn.scalar(
-            insert(binding)
-            .values(
-                sid=sid,
-                service_id=service_id,
-                binding_type=reg.binding_type,
-                address=reg.address,
-                date_created=date_created,
+            _INSERT,
+            {
+                "sid": sid,
+                "service_id": service_id,
+                "binding_type": reg.binding_type,
+                "address": reg.address,
+                "date_created": date_created,
                 **values,
-            )
-            .returning(binding.c.id)
+            },
         )
     else:
         binding_id, sid, date_created = existing.id, existing.sid, existing.date_created
-        conn.execute(update(binding).where(binding.c.id == binding_id).values(**values))
-        conn.execute(delete(binding_tag).where(binding_tag.c.binding_id == binding_id))
+        conn.execute(_MOVE, {"binding_id": binding_id, **values})
+        conn.execute(_CLEAR_TAGS, {"binding_id": binding_id})
     if reg.tags:
-        conn.execute(
-            insert(binding_tag), [{"binding_id": binding_id, "tag": tag} for tag in reg.tags]
-        )
+        conn.execute(_ADD_TAG, [{"binding_id": binding_id, "tag": tag} for tag in reg.tags])
     users.ensure(conn, service_id=service_id, identity=reg.identity, now=now)
     # Built from what was written rather than read back: registration is the hot write path.
     return {

@@ -187,11 +187,17 @@ class Database:
 def _run_batch(conn: Connection, *, batch: list[_Pending]) -> list[tuple[bool, Any]]:
     outcomes: list[tuple[bool, Any]] = []
     for pending in batch:
+        # Plain SAVEPOINT statements: SQLAlchemy's begin_nested() compiles a new savepoint
+        # clause for every call, which cost as much as the rest of a binding registration.
+        conn.exec_driver_sql("SAVEPOINT op")
         try:
-            with conn.begin_nested():
-                outcomes.append((True, pending.op(conn)))
+            result = pending.op(conn)
         except Exception as exc:
+            conn.exec_driver_sql("ROLLBACK TO SAVEPOINT op")
             outcomes.append((False, exc))
+        else:
+            outcomes.append((True, result))
+        conn.exec_driver_sql("RELEASE SAVEPOINT op")
     return outcomes
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, bindparam, insert, select
 from sqlalchemy.engine import RowMapping
 
 from clarion import errors, sids
@@ -53,33 +53,34 @@ def get(conn: Connection, *, account_id: int, sid: str) -> RowMapping:
     return row
 
 
+# Built once: binding registration, the hot write path, runs it every time.
+_PROTOCOL_DEFAULTS = select(
+    service.c.id,
+    service.c.default_apn_notification_protocol_version,
+    service.c.default_gcm_notification_protocol_version,
+    service.c.default_fcm_notification_protocol_version,
+    service.c.default_alexa_notification_protocol_version,
+).where(service.c.account_id == bindparam("account_id"), service.c.sid == bindparam("sid"))
+
+
 def protocol_defaults(conn: Connection, *, account_id: int, sid: str) -> RowMapping:
     """The service's id and default notification protocol versions, for a binding registration."""
     row = (
-        (
-            conn.execute(
-                select(
-                    service.c.id,
-                    service.c.default_apn_notification_protocol_version,
-                    service.c.default_gcm_notification_protocol_version,
-                    service.c.default_fcm_notification_protocol_version,
-                    service.c.default_alexa_notification_protocol_version,
-                ).where(service.c.account_id == account_id, service.c.sid == sid)
-            )
-        )
-        .mappings()
-        .first()
+        conn.execute(_PROTOCOL_DEFAULTS, {"account_id": account_id, "sid": sid}).mappings().first()
     )
     if row is None:
         raise errors.not_found()
     return row
 
 
+_RESOLVE = select(service.c.id).where(
+    service.c.account_id == bindparam("account_id"), service.c.sid == bindparam("sid")
+)
+
+
 def resolve(conn: Connection, *, account_id: int, sid: str) -> int:
     """The internal id of the account's service `sid`; 404 when it is not the caller's."""
-    service_id = conn.scalar(
-        select(service.c.id).where(service.c.account_id == account_id, service.c.sid == sid)
-    )
+    service_id = conn.scalar(_RESOLVE, {"account_id": account_id, "sid": sid})
     if service_id is None:
         raise errors.not_found()
     return int(service_id)

@@ -15,7 +15,7 @@ from sqlalchemy import Connection, delete, exists, func, insert, select
 
 from clarion import errors, sids
 from clarion.store.clock import utcnow
-from clarion.store.dialect import insert_or_ignore
+from clarion.store.dialect import DIALECTS, insert_or_ignore, insert_or_ignore_on
 from clarion.store.paging import PageRequest, PageResult, fetch_page
 from clarion.store.tables import account, binding, segment, segment_membership, service, user
 
@@ -42,16 +42,21 @@ _PUBLIC_SEGMENT = select(
 ).select_from(segment.join(service).join(account))
 
 
+# Built once per engine: `ensure` runs on every binding registration.
+_ENSURE = {name: insert_or_ignore_on(name, user) for name in DIALECTS}
+
+
 def ensure(conn: Connection, *, service_id: int, identity: str, now: datetime) -> None:
     """Create the user of `identity` unless it exists (a binding registration implies one)."""
     conn.execute(
-        insert_or_ignore(conn, user).values(
-            sid=sids.new_sid(sids.USER),
-            service_id=service_id,
-            identity=identity,
-            date_created=now,
-            date_updated=now,
-        )
+        _ENSURE[conn.dialect.name],
+        {
+            "sid": sids.new_sid(sids.USER),
+            "service_id": service_id,
+            "identity": identity,
+            "date_created": now,
+            "date_updated": now,
+        },
     )
 
 
