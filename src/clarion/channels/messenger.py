@@ -1,0 +1,151 @@
+"""Facebook Messenger through the Graph API Send API.
+
+Graph reports every failure in one envelope, `{"error": {"code", "error_subcode", …}}`; the
+code/subcode pair, not the HTTP status, says whether to retry, retire the recipient or give up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
+from clarion.channels.base import Message, Outcome, Result
+
+# Graph error codes of providers.md §5.2 (developers.facebook.com/docs/messenger-platform/
+# error-codes). The person can never be reached from this page: retire the binding.
+GRAPH_URL = "https://graph.facebook.com"
+
+PERSON_UNAVAILABLE = 551
+NO_MATCHING_USER = (100, 2018001)
+# The user last wrote more than 24 h ago and the message carries no valid tag.
+OUTSIDE_WINDOW = (10, 2018278)
+# Transient failures and rate limits: unknown, unexpected, app limit, page limit, temporary.
+RETRY_CODES = frozenset({1, 2, 4, 613, 1200})
+# Marketing-message frequency caps reuse code 4 and 9: skip the message, never retry it.
+FREQUENCY_CAPS = frozenset({(4, 2018354), (9, 2018352)})
+
+# Payload keys that belong to the Send API request rather than to its `message` object.
+_ENVELOPE_KEYS = frozenset({"messaging_type", "tag", "message"})
+
+WINDOW_ADVICE = (
+    "outside the 24-hour messaging window: the user has not written for over a day; send with "
+    "messaging_type MESSAGE_TAG and a message tag (e.g. ACCOUNT_UPDATE), or wait for them to write"
+)
+
+
+class MessengerChannel:
+    """Sends one Messenger message per `send` as one Facebook Page, over a pooled session."""
+
+    def __init__(
+        self,
+        *,
+        page_id: str,
+        page_access_token: str,
+        base_url: str = GRAPH_URL,
+        api_version: str = "v21.0",
+        timeout: float = 30.0,
+        max_connections: int = 64,
+    ) -> None:
+        self._url = f"{base_url.rstrip('/')}/{api_version}/{page_id}/messages"
+        self._query = {"access_token": page_access_token}
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    async def send(self, message: Message) -> Result:
+        try:
+            async with self._client().post(
+                self._url, params=self._query, json=_request(message)
+            ) as response:
+                return _classify(response.status, await _json(response))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return Result(outcome=Outcome.RETRY, error_message=f"Graph API unreachable: {exc!r}")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        """The session is made on first use: aiohttp binds it to the running event loop."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit_per_host=self._max_connections),
+                timeout=self._timeout,
+            )
+        return self._session
+
+
+def _request(message: Message) -> dict[str, Any]:
+    """The Send API body (§5.1).
+
+    The payload is either a bare message (`{"text": …}`, `{"attachment": …}`) or carries one
+    under `message`; `messaging_type` and `tag` may sit beside either. Without a type, a tagged
+    message is MESSAGE_TAG and anything else an UPDATE: notifications are proactive.
+    """
+    payload = message.payload
+    content = payload.get("message") or {
+        key: value for key, value in payload.items() if key not in _ENVELOPE_KEYS
+    }
+    tag = payload.get("tag")
+    request: dict[str, Any] = {
+        "recipient": _recipient(message.address),
+        "messaging_type": payload.get("messaging_type") or ("MESSAGE_TAG" if tag else "UPDATE"),
+        "message": content,
+    }
+    if tag:
+        request["tag"] = tag
+    return request
+
+
+def _recipient(address: str) -> dict[str, str]:
+    """A PSID, or a phone number in E.164 (Customer Matching) as bindings allow."""
+    return {"phone_number": address} if address.startswith("+") else {"id": address}
+
+
+def _classify(status: int, body: Mapping[str, Any]) -> Result:
+    """One Graph answer in the engine's vocabulary (providers.md §5.2)."""
+    error = body.get("error")
+    if 200 <= status < 300 and not isinstance(error, dict):
+        return Result(outcome=Outcome.ACCEPTED, provider_ref=body.get("message_id"))
+    if not isinstance(error, dict):
+        outcome = Outcome.RETRY if status >= 500 else Outcome.FAILED
+        return Result(outcome=outcome, error_message=f"HTTP {status} from the Graph API")
+    code, subcode = error.get("code"), error.get("error_subcode")
+    error_code = f"{code}/{subcode}" if subcode is not None else str(code)
+    error_message = str(error.get("message", ""))
+    if code == PERSON_UNAVAILABLE or (code, subcode) == NO_MATCHING_USER:
+        outcome = Outcome.DEAD_ADDRESS
+    elif (code, subcode) == OUTSIDE_WINDOW:
+        outcome, error_message = Outcome.FAILED, f"{WINDOW_ADVICE} ({error_message})"
+    elif code in RETRY_CODES and (code, subcode) not in FREQUENCY_CAPS:
+        outcome = Outcome.RETRY
+    else:
+        # 190 (bad page token), 200 (permissions), malformed requests: nothing to retry.
+        outcome = Outcome.FAILED
+    return Result(outcome=outcome, error_code=error_code, error_message=error_message)
+
+
+async def _json(response: aiohttp.ClientResponse) -> Mapping[str, Any]:
+    """The JSON object of an answer, or nothing: a proxy's HTML error page must not raise."""
+    try:
+        body = await response.json(content_type=None)
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def verify_webhook_signature(body: bytes, header: str, app_secret: str) -> bool:
+    """Whether `header` (X-Hub-Signature-256: `sha256=<hex>`) signs this raw webhook body (§5.3).
+
+    Compared in constant time, so a forger learns nothing from how fast a guess is refused.
+    """
+    algorithm, _, digest = header.partition("=")
+    if algorithm != "sha256":
+        return False
+    expected = hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected.encode(), digest.strip().lower().encode())
