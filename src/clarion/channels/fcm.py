@@ -20,6 +20,7 @@ import msgspec
 
 from clarion.channels.base import Message, Outcome, Result
 from clarion.channels.google_oauth import GrantError, GrantRefusedError, ServiceAccountTokens
+from clarion.channels.http1 import PooledSession
 
 FCM_URL: Final = "https://fcm.googleapis.com"
 # providers.md §2.2: at most 4096 bytes of message content (the target is not counted).
@@ -149,10 +150,14 @@ class FcmChannel:
         self._url = (
             f"{base_url.rstrip('/')}/v1/projects/{service_account['project_id']}/messages:send"
         )
-        self._session = session
-        self._owns_session = session is None
-        self._connections = connections
-        self._timeout = timeout
+        self._http = PooledSession(
+            limit=connections,
+            limit_per_host=connections,
+            # Per socket operation, not in total: waiting for a free pooled connection under load
+            # is not the provider being slow.
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout),
+            session=session,
+        )
 
     async def send(self, message: Message) -> Result:
         content = _content(message)
@@ -162,7 +167,7 @@ class FcmChannel:
                 error_message=f"payload too large: FCM accepts at most {MAX_PAYLOAD_BYTES} bytes",
             )
         body = msgspec.json.encode({"message": {**content, "token": message.address}})
-        session = self._http()
+        session = self._http.client()
         try:
             token = await self._tokens.access_token(session)
             reply = await self._post(session, body, token)
@@ -183,23 +188,7 @@ class FcmChannel:
         return _classify(reply)
 
     async def close(self) -> None:
-        if self._session is not None and self._owns_session:
-            await self._session.close()
-
-    def _http(self) -> aiohttp.ClientSession:
-        # Created on first use: an aiohttp session needs the running event loop.
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    limit=self._connections, limit_per_host=self._connections
-                ),
-                # Per socket operation, not in total: waiting for a free pooled connection under
-                # load is not the provider being slow.
-                timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=self._timeout, sock_read=self._timeout
-                ),
-            )
-        return self._session
+        await self._http.close()
 
     async def _post(self, session: aiohttp.ClientSession, body: bytes, token: str) -> _Reply:
         headers = {

@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 
 from clarion.channels.base import Message, Outcome, Result
+from clarion.channels.http1 import PooledSession, json_object
 
 # Graph error codes of providers.md §5.2 (developers.facebook.com/docs/messenger-platform/
 # error-codes). The person can never be reached from this page: retire the binding.
@@ -52,32 +53,21 @@ class MessengerChannel:
     ) -> None:
         self._url = f"{base_url.rstrip('/')}/{api_version}/{page_id}/messages"
         self._query = {"access_token": page_access_token}
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
+        self._http = PooledSession(
+            limit_per_host=max_connections, timeout=aiohttp.ClientTimeout(total=timeout)
+        )
 
     async def send(self, message: Message) -> Result:
         try:
-            async with self._client().post(
+            async with self._http.client().post(
                 self._url, params=self._query, json=_request(message)
             ) as response:
-                return _classify(response.status, await _json(response))
+                return _classify(response.status, await json_object(response))
         except (aiohttp.ClientError, TimeoutError) as exc:
             return Result(outcome=Outcome.RETRY, error_message=f"Graph API unreachable: {exc!r}")
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        """The session is made on first use: aiohttp binds it to the running event loop."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit_per_host=self._max_connections),
-                timeout=self._timeout,
-            )
-        return self._session
+        await self._http.close()
 
 
 def _request(message: Message) -> dict[str, Any]:
@@ -128,15 +118,6 @@ def _classify(status: int, body: Mapping[str, Any]) -> Result:
         # 190 (bad page token), 200 (permissions), malformed requests: nothing to retry.
         outcome = Outcome.FAILED
     return Result(outcome=outcome, error_code=error_code, error_message=error_message)
-
-
-async def _json(response: aiohttp.ClientResponse) -> Mapping[str, Any]:
-    """The JSON object of an answer, or nothing: a proxy's HTML error page must not raise."""
-    try:
-        body = await response.json(content_type=None)
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
 
 
 def verify_webhook_signature(body: bytes, header: str, app_secret: str) -> bool:

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from clarion.channels.base import Message, Outcome, Result
+from clarion.channels.http1 import PooledSession, json_object
 
 # Synchronous errors after which the number will never receive SMS (providers.md §3.3):
 # invalid number, unsubscribed (STOP), not a mobile number, landline.
@@ -60,33 +61,22 @@ class TwilioSmsChannel:
         credentials = base64.b64encode(f"{account_sid}:{auth_token}".encode()).decode()
         self._headers = {"Authorization": f"Basic {credentials}"}
         self._status_callback = status_callback
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
+        self._http = PooledSession(
+            limit_per_host=max_connections, timeout=aiohttp.ClientTimeout(total=timeout)
+        )
 
     async def send(self, message: Message) -> Result:
         try:
-            async with self._client().post(
+            async with self._http.client().post(
                 self._url, data=self._form(message), headers=self._headers
             ) as response:
-                body = await _json(response)
+                body = await json_object(response)
                 return _classify(response.status, body, response.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError) as exc:
             return Result(outcome=Outcome.RETRY, error_message=f"Twilio unreachable: {exc!r}")
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        """The session is made on first use: aiohttp binds it to the running event loop."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit_per_host=self._max_connections),
-                timeout=self._timeout,
-            )
-        return self._session
+        await self._http.close()
 
     def _form(self, message: Message) -> list[tuple[str, str]]:
         payload = message.payload
@@ -120,15 +110,6 @@ def _classify(status: int, body: Mapping[str, Any], retry_after: str | None) -> 
         )
     outcome = Outcome.DEAD_ADDRESS if code in DEAD_NUMBER_CODES else Outcome.FAILED
     return Result(outcome=outcome, error_code=error_code, error_message=error_message)
-
-
-async def _json(response: aiohttp.ClientResponse) -> Mapping[str, Any]:
-    """The JSON object of an answer, or nothing: a proxy's HTML error page must not raise."""
-    try:
-        body = await response.json(content_type=None)
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
 
 
 def _seconds(retry_after: str | None) -> float | None:

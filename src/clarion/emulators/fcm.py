@@ -23,6 +23,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from clarion.emulators.http_server import AiohttpEmulator
+
 JWT_BEARER_GRANT: Final = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 # providers.md §2.1: scopes that allow sending (cloud-platform covers firebase.messaging).
 SEND_SCOPES: Final = frozenset(
@@ -134,7 +136,7 @@ class _QuotaBucket:
         self._level -= 1
 
 
-class FcmEmulator:
+class FcmEmulator(AiohttpEmulator):
     """FCM HTTP v1 plus Google's token endpoint on 127.0.0.1."""
 
     def __init__(
@@ -146,8 +148,8 @@ class FcmEmulator:
         slow_delay: float = 5.0,
         quota_per_minute: int = DEFAULT_QUOTA_PER_MINUTE,
     ) -> None:
-        self.host = host
-        self.port = port
+        # Closing gives open requests a second, then cuts off `slow…` answers still waiting.
+        super().__init__(host=host, port=port, shutdown_timeout=1.0)
         # Seconds an access token lives; tests shorten it to exercise refreshing.
         self.token_lifetime = token_lifetime
         # How long `slow…` tokens wait for their answer.
@@ -160,37 +162,17 @@ class FcmEmulator:
         self._access_tokens: dict[str, _Grant] = {}
         self._scripts: dict[str, _Script] = {}
         self._quotas: dict[str, _QuotaBucket] = {}
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        if self._runner is None:
-            raise RuntimeError("the FCM emulator is not started")
-        return f"http://{self.host}:{self.port}"
 
     @property
     def token_uri(self) -> str:
         return f"{self.url}/token"
 
-    async def start(self) -> None:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/token", self._grant_token)
         app.router.add_post("/v1/projects/{project}/messages:send", self._send)
         # providers.md §2.5: the legacy HTTP API and the batch API are shut down.
         app.router.add_post("/fcm/send", _shut_down)
         app.router.add_post("/batch", _shut_down)
-        self._runner = web.AppRunner(
-            app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     def new_service_account(self, project_id: str = "clarion-sandbox") -> dict[str, str]:
         """A service-account JSON (fresh RSA key) this emulator trusts, as the Firebase console

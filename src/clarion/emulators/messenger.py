@@ -21,10 +21,12 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Self
+from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from clarion.emulators.http_server import AiohttpEmulator
 
 # Standard messaging window after the user's last message, and HUMAN_AGENT's longer one (§5.1).
 STANDARD_WINDOW = timedelta(hours=24)
@@ -94,7 +96,7 @@ class _GraphError(Exception):
         self.message = message or default_message
 
 
-class MessengerEmulator:
+class MessengerEmulator(AiohttpEmulator):
     """The Send API on 127.0.0.1 for the pages it is given; records `messages` for tests."""
 
     def __init__(
@@ -117,11 +119,11 @@ class MessengerEmulator:
         `app_secret`."""
         if (webhook_url is None) != (app_secret is None):
             raise ValueError("webhook_url and app_secret go together")
+        # Closing cuts off `slow…` answers rather than waiting them out.
+        super().__init__(host=host, port=port, shutdown_timeout=0.01)
         self._pages = {page_id: _Page(token) for page_id, token in (pages or {}).items()}
         self.messages: list[ReceivedMessage] = []
         self.webhook_posts: list[WebhookPost] = []
-        self._host = host
-        self.port = port
         self._slow_delay = slow_delay
         self._rate_limit = rate_limit
         self._rate_window = rate_window
@@ -130,13 +132,6 @@ class MessengerEmulator:
         self._app_secret = app_secret or ""
         self._last_wrote: dict[str, datetime] = {}
         self._scripted: dict[str, tuple[int, int | None]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self._host}:{self.port}"
 
     def add_page(self, page_id: str, access_token: str) -> None:
         self._pages[page_id] = _Page(access_token)
@@ -153,7 +148,7 @@ class MessengerEmulator:
 
     async def verify_webhook(self, *, verify_token: str) -> bool:
         """Messenger's subscription handshake: the webhook must echo `hub.challenge`."""
-        if self._webhook_url is None or self._session is None:
+        if self._webhook_url is None or self._runner is None:
             raise RuntimeError("start the emulator with a webhook_url first")
         challenge = str(secrets.randbelow(10**9))
         query = {
@@ -162,40 +157,14 @@ class MessengerEmulator:
             "hub.challenge": challenge,
         }
         try:
-            async with self._session.get(self._webhook_url, params=query) as response:
+            async with self._callbacks.client().get(self._webhook_url, params=query) as response:
                 return response.status == 200 and await response.text() == challenge
         except (aiohttp.ClientError, TimeoutError):
             return False
 
-    async def start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
-        app = web.Application(middlewares=[_render_graph_errors])
+    def routes(self, app: web.Application) -> None:
+        app.middlewares.append(_render_graph_errors)
         app.router.add_post("/{version}/{page}/messages", self._send)
-        # Closing cuts off `slow…` answers rather than waiting them out; a client that
-        # gives up cancels its own request.
-        self._runner = web.AppRunner(
-            app, access_log=None, handler_cancellation=True, shutdown_timeout=0.01
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self.port)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-
-    async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._session is not None:
-            await self._session.close()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     # --- the Send API ---------------------------------------------------------------------------
 
@@ -225,9 +194,7 @@ class MessengerEmulator:
         )
         self.messages.append(received)
         if self._webhook_url is not None and "id" in recipient:
-            task = asyncio.create_task(self._confirm_delivery(received, self._webhook_url))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._callbacks.spawn(self._confirm_delivery(received, self._webhook_url))
         # No recipient_id when the recipient was a user_ref or phone number (§5.1).
         answer = {"message_id": received.message_id}
         if "id" in recipient:
@@ -281,7 +248,6 @@ class MessengerEmulator:
 
     async def _confirm_delivery(self, received: ReceivedMessage, url: str) -> None:
         """Post the `message_deliveries` event Messenger sends once the user's device has it."""
-        assert self._session is not None
         now_ms = int(time.time() * 1000)
         event = {
             "sender": received.recipient,
@@ -294,11 +260,7 @@ class MessengerEmulator:
         digest = hmac.new(self._app_secret.encode(), body, hashlib.sha256).hexdigest()
         signature = f"sha256={digest}"
         headers = {"Content-Type": "application/json", "X-Hub-Signature-256": signature}
-        try:
-            async with self._session.post(url, data=body, headers=headers) as reply:
-                response_status: int | None = reply.status
-        except (aiohttp.ClientError, TimeoutError):
-            response_status = None
+        response_status = await self._callbacks.post(url, data=body, headers=headers)
         self.webhook_posts.append(
             WebhookPost(body=body, signature=signature, response_status=response_status)
         )

@@ -22,10 +22,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import Any, Self
+from typing import Any
 
-import aiohttp
 from aiohttp import web
+
+from clarion.emulators.http_server import AiohttpEmulator
 
 API_VERSION = "2010-04-01"
 MAX_BODY_CHARS = 1600  # §3.3, error 21617
@@ -134,7 +135,7 @@ class _TwilioError(Exception):
         self.message = ERROR_MESSAGES[code].format(**details)
 
 
-class TwilioEmulator:
+class TwilioEmulator(AiohttpEmulator):
     """Twilio's Messages API on 127.0.0.1; records `messages` and `callbacks` for tests."""
 
     def __init__(
@@ -146,12 +147,12 @@ class TwilioEmulator:
         callback_delay: float = 1.0,
         max_concurrent: int = 100,
     ) -> None:
+        # Closing cuts off held and in-flight requests rather than waiting them out.
+        super().__init__(host=host, port=port, shutdown_timeout=0.01)
         # Account SID → auth token.
         self.accounts = dict(accounts or {})
         self.messages: list[SentMessage] = []
         self.callbacks: list[StatusCallback] = []
-        self._host = host
-        self.port = port
         self._callback_delay = callback_delay
         self._max_concurrent = max_concurrent
         self._in_flight: Counter[str] = Counter()
@@ -161,13 +162,6 @@ class TwilioEmulator:
         self._answering = asyncio.Event()
         self._answering.set()
         self._held: asyncio.Queue[None] = asyncio.Queue()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self._host}:{self.port}"
 
     def add_account(self, account_sid: str, auth_token: str) -> None:
         self.accounts[account_sid] = auth_token
@@ -202,36 +196,10 @@ class TwilioEmulator:
         """Wait until one more send is being held open by `holding_answers`."""
         await self._held.get()
 
-    async def start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
-        app = web.Application(middlewares=[_render_errors])
+    def routes(self, app: web.Application) -> None:
+        app.middlewares.append(_render_errors)
         app.router.add_post("/2010-04-01/Accounts/{account}/Messages.json", self._create)
         app.router.add_get("/2010-04-01/Accounts/{account}/Messages/{sid}.json", self._fetch)
-        # Closing cuts off held and in-flight requests rather than waiting them out; a client that
-        # gives up cancels its own request.
-        self._runner = web.AppRunner(
-            app, access_log=None, handler_cancellation=True, shutdown_timeout=0.01
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self.port)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-
-    async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._session is not None:
-            await self._session.close()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     # --- requests -------------------------------------------------------------------------------
 
@@ -252,9 +220,7 @@ class TwilioEmulator:
         finally:
             self._in_flight[account_sid] -= 1
         self.messages.append(message)
-        task = asyncio.create_task(self._report(message, self._fates.get(message.to)))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._callbacks.spawn(self._report(message, self._fates.get(message.to)))
         return web.json_response(message.resource(), status=201)
 
     async def _fetch(self, request: web.Request) -> web.Response:
@@ -308,14 +274,9 @@ class TwilioEmulator:
         if message.status in ("delivered", "undelivered"):
             params["RawDlrDoneDate"] = datetime.now(UTC).strftime("%y%m%d%H%M")
         signature = _signature(url, params, self.accounts[message.account_sid])
-        assert self._session is not None
-        try:
-            async with self._session.post(
-                url, data=params, headers={"X-Twilio-Signature": signature}
-            ) as response:
-                response_status: int | None = response.status
-        except (aiohttp.ClientError, TimeoutError):
-            response_status = None
+        response_status = await self._callbacks.post(
+            url, data=params, headers={"X-Twilio-Signature": signature}
+        )
         self.callbacks.append(
             StatusCallback(
                 url=url, params=params, signature=signature, response_status=response_status

@@ -1,0 +1,61 @@
+"""The pooled HTTP/1.1 client the JSON and form providers share (Twilio, Messenger, FCM).
+
+One keep-alive aiohttp session per channel (DESIGN.md: ≈ 64 connections per host). The push
+providers that need HTTP/2 use clarion.channels.http2 instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
+
+class PooledSession:
+    """A channel's aiohttp session, made on first use: aiohttp binds it to the running loop.
+
+    A `session` given by the caller (e.g. shared by several credentials) is used as it is and
+    left for the caller to close: `limit_per_host`, `limit` and `timeout` only shape the session
+    made here.
+    """
+
+    def __init__(
+        self,
+        *,
+        limit_per_host: int,
+        timeout: aiohttp.ClientTimeout,
+        # The cap over all hosts, for a channel that talks to more than one; aiohttp's default.
+        limit: int = 100,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self._limit_per_host = limit_per_host
+        self._limit = limit
+        self._timeout = timeout
+        self._session = session
+        self._owns_session = session is None
+
+    def client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self._limit, limit_per_host=self._limit_per_host
+                ),
+                timeout=self._timeout,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        """Close the session made here; a later `client()` makes a new one."""
+        if self._session is not None and self._owns_session:
+            await self._session.close()
+            self._session = None
+
+
+async def json_object(response: aiohttp.ClientResponse) -> Mapping[str, Any]:
+    """The JSON object of an answer, or nothing: a proxy's HTML error page must not raise."""
+    try:
+        body = await response.json(content_type=None)
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
