@@ -179,3 +179,19 @@ def test_settings_are_checked_before_anything_is_written(tmp_path: Path) -> None
         load({"CLARION_DATA_DIR": str(tmp_path), "CLARION_PORT": "nope"})
 
     assert not (tmp_path / "secret.key").exists()
+
+
+def test_public_url_defaults_to_none_and_loses_a_trailing_slash(tmp_path: Path) -> None:
+    assert load({"CLARION_DATA_DIR": str(tmp_path)}).public_url is None
+    settings = load(
+        {"CLARION_DATA_DIR": str(tmp_path), "CLARION_PUBLIC_URL": "https://notify.example.com/"}
+    )
+    assert settings.public_url == "https://notify.example.com"
+
+
+@pytest.mark.parametrize("url", ["notify.example.com", "ftp://notify.example.com", "https://"])
+def test_a_bad_public_url_is_a_config_error_naming_the_variable(tmp_path: Path, url: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load({"CLARION_DATA_DIR": str(tmp_path), "CLARION_PUBLIC_URL": url})
+
+    assert "CLARION_PUBLIC_URL" in str(raised.value)

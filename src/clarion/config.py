@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from clarion.vault import is_valid_key, new_key
 
@@ -25,6 +26,9 @@ class Settings:
     host: str
     port: int
     data_dir: Path
+    # Where providers (SMS status callbacks) and devices (receipts) reach this server; None
+    # means http://host:port, right for a laptop, wrong behind a proxy or a public name.
+    public_url: str | None = None
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
@@ -41,7 +45,17 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     port_text = env.get("CLARION_PORT", "8080")
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ConfigError(f"CLARION_PORT must be a port number 1-65535 (got {port_text!r})")
+    public_url = env.get("CLARION_PUBLIC_URL") or None
+    if public_url is not None:
+        parts = urlsplit(public_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(
+                f"CLARION_PUBLIC_URL must be an http(s) URL such as https://notify.example.com "
+                f"(got {public_url!r})"
+            )
+        public_url = public_url.rstrip("/")
     return Settings(
+        public_url=public_url,
         database_url=database_url,
         secret_key=_secret_key(env, data_dir),
         host=env.get("CLARION_HOST", "127.0.0.1"),

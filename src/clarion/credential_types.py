@@ -13,6 +13,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -23,6 +24,10 @@ from clarion import errors, sids
 from clarion.addresses import InvalidAddressError, phone_number
 
 Params = Mapping[str, str]
+
+# Extension setting of every HTTP provider's credential: where its API lives, so a staging
+# setup, a test or a benchmark aims the channel at an emulator or a sink (default: the real one).
+PROVIDER_URL = "ProviderUrl"
 
 
 @dataclass(frozen=True)
@@ -50,10 +55,20 @@ def checked(kind: CredentialType, params: dict[str, str]) -> Checked:
     params = {name: value for name, value in params.items() if value != ""}
     kind.complete(params)
     kind.check(params)
+    if PROVIDER_URL in params:
+        _check_provider_url(params[PROVIDER_URL])
     return Checked(
         settings={name: params[name] for name in kind.settings if name in params},
         secret={name: params[name] for name in kind.secrets if name in params},
     )
+
+
+def _check_provider_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        raise errors.invalid_parameter(
+            PROVIDER_URL, "expected the provider's base URL, such as https://api.example.com:8443"
+        )
 
 
 def _require(params: dict[str, str], *names: str, code: int = errors.INVALID_PARAMETER) -> None:
@@ -251,13 +266,18 @@ TYPES: dict[str, CredentialType] = {
     kind.name: kind
     for kind in (
         CredentialType(
-            "apn", ("KeyId", "TeamId", "BundleId"), ("Certificate", "PrivateKey"), _check_apn
+            "apn",
+            ("KeyId", "TeamId", "BundleId", PROVIDER_URL),
+            ("Certificate", "PrivateKey"),
+            _check_apn,
         ),
-        CredentialType("fcm", ("ProjectId",), ("Secret",), _check_fcm, complete=_fcm_project),
+        CredentialType(
+            "fcm", ("ProjectId", PROVIDER_URL), ("Secret",), _check_fcm, complete=_fcm_project
+        ),
         CredentialType("gcm", (), ("ApiKey",), _check_gcm),
         CredentialType(
             "twilio-sms",
-            ("AccountSid", "MessagingServiceSid", "From"),
+            ("AccountSid", "MessagingServiceSid", "From", PROVIDER_URL),
             ("AuthToken",),
             _check_twilio_sms,
         ),
@@ -268,7 +288,10 @@ TYPES: dict[str, CredentialType] = {
             _check_smpp,
         ),
         CredentialType(
-            "messenger", ("PageId",), ("PageAccessToken", "AppSecret"), _check_messenger
+            "messenger",
+            ("PageId", PROVIDER_URL),
+            ("PageAccessToken", "AppSecret"),
+            _check_messenger,
         ),
         CredentialType(
             "webpush",

@@ -823,3 +823,20 @@ async def test_list_shows_only_the_callers_credentials(
     await create(other_api, case("gcm").form)
     listed = (await api.get("/v1/Credentials")).json()["credentials"]
     assert [item["sid"] for item in listed] == [mine["sid"]]
+
+
+# --- provider URL (extension) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["fcm", "twilio-sms", "messenger"])
+async def test_provider_url_is_a_setting_that_aims_the_channel_elsewhere(
+    api: httpx.AsyncClient, name: str
+) -> None:
+    body = await create(api, {**case(name).form, "ProviderUrl": "https://staging.example:8443"})
+    assert body["settings"]["provider_url"] == "https://staging.example:8443"
+
+
+@pytest.mark.parametrize("url", ["ftp://example.com", "example.com", "https://x.example/api/v1"])
+async def test_provider_url_must_be_an_http_base_url(api: httpx.AsyncClient, url: str) -> None:
+    response = await api.post("/v1/Credentials", data={**case("fcm").form, "ProviderUrl": url})
+    assert_error(response, 400, 20001, "ProviderUrl")
