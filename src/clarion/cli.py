@@ -1,4 +1,4 @@
-"""`clarion serve | migrate | accounts create | accounts keys create`.
+"""`clarion serve | worker | migrate | accounts create | accounts keys create`.
 
 This is where everything is wired together. Output contracts other tooling relies on: the
 `accounts` commands print exactly one JSON object on stdout; any failure prints one line on
@@ -9,21 +9,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import logging
+import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Protocol, TypeVar
 
 import uvicorn
 import uvloop
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.applications import Starlette
 
 from clarion import config, errors
 from clarion.api.app import create_app
 from clarion.config import ConfigError, Settings
+from clarion.delivery import channels, wakeup
+from clarion.delivery.channel_pool import ChannelFactory, Fallback
+from clarion.delivery.channels import Endpoints
+from clarion.delivery.worker import Worker
+from clarion.sandbox import SANDBOX_CREDENTIAL_SID, Sandbox
 from clarion.store import accounts, migrate
 from clarion.store.database import Database
 from clarion.vault import Vault
@@ -50,10 +58,27 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clarion", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="apply migrations and serve the API")
+    serve = commands.add_parser(
+        "serve", help="apply migrations, serve the API and run the delivery workers"
+    )
     serve.add_argument("--host", help="interface to listen on (default: CLARION_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: CLARION_PORT or 8080)")
+    serve.add_argument(
+        "--no-workers",
+        action="store_true",
+        help="serve the API only; `clarion worker` processes deliver (PostgreSQL)",
+    )
+    serve.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="deliver through built-in provider emulators wherever a service has no credential",
+    )
     serve.set_defaults(command=_serve)
+
+    worker = commands.add_parser(
+        "worker", help="apply migrations and run delivery workers only, until SIGTERM/SIGINT"
+    )
+    worker.set_defaults(command=_worker)
 
     migrate_cmd = commands.add_parser("migrate", help="apply pending database migrations")
     migrate_cmd.set_defaults(command=_migrate)
@@ -122,7 +147,36 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> None:
     database = Database(settings.database_url)
     await migrate.upgrade(database)
     account = await _ready_account(database, vault)
-    app = create_app(database=database, vault=vault)
+    endpoints = Endpoints(public_url=settings.public_url or f"http://{host}:{port}")
+    sandbox = (
+        Sandbox(sms_status_callback=endpoints.sms_status_callback(SANDBOX_CREDENTIAL_SID))
+        if args.sandbox
+        else None
+    )
+    # Without workers here the API still NOTIFYs the worker processes (PostgreSQL).
+    work_signal = wakeup.signal_for(database, listen=not args.no_workers)
+    app = create_app(
+        database=database,
+        vault=vault,
+        on_enqueued=work_signal.notify,
+        webhook_tokens={}
+        if sandbox is None
+        else {SANDBOX_CREDENTIAL_SID: sandbox.twilio_auth_token},
+    )
+    _run_alongside(app, work_signal)
+    if sandbox is not None:
+        _run_alongside(app, sandbox)
+    if not args.no_workers:
+        _run_alongside(
+            app,
+            _delivery(
+                database,
+                vault,
+                work_signal,
+                factory=channels.factory(endpoints),
+                fallback=None if sandbox is None else sandbox.fallback,
+            ),
+        )
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -151,6 +205,92 @@ def _settle_heap() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
+
+
+async def _worker(settings: Settings, _args: argparse.Namespace) -> None:
+    vault = Vault(settings.secret_key)
+    endpoints = Endpoints(
+        public_url=settings.public_url or f"http://{settings.host}:{settings.port}"
+    )
+    database = Database(settings.database_url)
+    try:
+        await migrate.upgrade(database)
+        work_signal = wakeup.signal_for(database, listen=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for number in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(number, stop.set)
+        async with (
+            _started(work_signal),
+            _started(_delivery(database, vault, work_signal, factory=channels.factory(endpoints))),
+        ):
+            print("Clarion workers are running; stop them with SIGTERM or Ctrl-C", flush=True)
+            await stop.wait()
+    finally:
+        await database.close()
+
+
+class _Service(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class _Delivery:
+    """The process's worker and leader lock, started and stopped together."""
+
+    def __init__(self, worker: Worker, leader: wakeup.LeaderLock) -> None:
+        self._worker = worker
+        self._leader = leader
+
+    async def start(self) -> None:
+        await self._worker.start()
+
+    async def stop(self) -> None:
+        await self._worker.stop()
+        await self._leader.close()
+
+
+def _delivery(
+    database: Database,
+    vault: Vault,
+    work_signal: wakeup.WorkSignal,
+    *,
+    factory: ChannelFactory,
+    fallback: Fallback | None = None,
+) -> _Delivery:
+    leader = wakeup.leader_for(database)
+    worker = Worker(
+        database,
+        channels=factory,
+        fallback=fallback or (lambda _channel: None),
+        vault=vault,
+        signal=work_signal,
+        leader=leader,
+    )
+    return _Delivery(worker, leader)
+
+
+@contextlib.asynccontextmanager
+async def _started(service: _Service) -> AsyncIterator[None]:
+    await service.start()
+    try:
+        yield
+    finally:
+        await service.stop()
+
+
+def _run_alongside(app: Starlette, service: _Service) -> None:
+    """Start `service` after the app's own start-up and stop it before its shutdown (which
+    closes the database the workers are still writing results to)."""
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with inner(app), _started(service):
+            yield
+
+    app.router.lifespan_context = lifespan
 
 
 async def _ready_account(database: Database, vault: Vault) -> accounts.Issued | None:

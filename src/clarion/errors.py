@@ -10,6 +10,7 @@ from __future__ import annotations
 # Generic Twilio codes.
 INVALID_PARAMETER = 20001
 AUTHENTICATE = 20003
+FORBIDDEN = 20403
 NOT_FOUND = 20404
 METHOD_NOT_ALLOWED = 20004
 INTERNAL = 20500
@@ -60,6 +61,10 @@ def not_found(message: str = "The requested resource was not found") -> ClarionE
     The API replaces the message with Twilio's, naming the requested path.
     """
     return ClarionError(404, NOT_FOUND, message)
+
+
+def forbidden(message: str) -> ClarionError:
+    return ClarionError(403, FORBIDDEN, message)
 
 
 def conflict(code: int, message: str) -> ClarionError:

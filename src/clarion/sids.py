@@ -19,6 +19,10 @@ NOTIFICATION = "NT"
 USER = "US"
 SEGMENT = "GS"
 MESSAGING_SERVICE = "MG"
+# Deliveries (an extension) are rows of a hot table; their SIDs encode the row id (see
+# row_sid) so fan-out can write them in bulk without generating random SIDs.
+DELIVERY = "DL"
+MAX_ROW_ID = 2**63 - 1  # BIGINT
 
 _HEX32 = re.compile(r"[0-9a-fA-F]{32}")
 
@@ -36,3 +40,14 @@ def is_sid(value: str, prefix: str) -> bool:
 def normalize_sid(value: str) -> str:
     """The stored spelling of a SID the caller may have written with upper-case hex."""
     return value[:2] + value[2:].lower()
+
+
+def row_sid(prefix: str, row_id: int) -> str:
+    """The SID of a row whose SID is its id, e.g. `DL` + 32 hex digits of a delivery id."""
+    return f"{prefix}{row_id:032x}"
+
+
+def row_id(sid: str) -> int | None:
+    """The id inside a `row_sid` (callers check `is_sid` first); None when no row can have it."""
+    value = int(sid[2:], 16)
+    return value if value <= MAX_ROW_ID else None

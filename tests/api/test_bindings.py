@@ -182,7 +182,14 @@ async def test_binding_response_has_the_twilio_shape(
         "tags",
         "url",
         "links",
+        # Extensions: whether a provider has retired the address.
+        "status",
+        "inactive_since",
+        "inactive_reason",
     }
+    assert body["status"] == "active"
+    assert body["inactive_since"] is None
+    assert body["inactive_reason"] is None
     assert body["account_sid"] == account.sid
     assert body["service_sid"] == service_sid
     assert body["credential_sid"] is None

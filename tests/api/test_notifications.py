@@ -334,7 +334,7 @@ async def test_invalid_direct_address_is_accepted_and_stored_as_a_failed_deliver
     assert set(by_address) == {"not-a-number", SMS}
     failed = by_address["not-a-number"]
     assert failed["status"] == "failed"
-    assert failed["error_code"] == 52001
+    assert failed["error_code"] == "52001"
     assert failed["error_message"]
     assert by_address[SMS]["status"] == "pending"
     assert by_address[SMS]["error_code"] is None

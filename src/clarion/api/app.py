@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
@@ -14,7 +14,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from clarion import errors
-from clarion.api import bindings, credentials, notifications, services, users
+from clarion.api import bindings, callbacks, credentials, deliveries, notifications, services, users
 from clarion.api.auth import Authenticator
 from clarion.api.context import Runtime
 from clarion.api.responses import error_response
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 SERVICE = "/v1/Services/{ServiceSid}"
 USER = SERVICE + "/Users/{Identity}"
+NOTIFICATION = SERVICE + "/Notifications/{NotificationSid}"
 
 ROUTES = [
     Route("/v1/Credentials", credentials.list_, methods=["GET"]),
@@ -41,7 +42,11 @@ ROUTES = [
     Route(SERVICE + "/Bindings", bindings.create, methods=["POST"]),
     Route(SERVICE + "/Bindings/{Sid}", bindings.fetch, methods=["GET"]),
     Route(SERVICE + "/Bindings/{Sid}", bindings.delete, methods=["DELETE"]),
+    Route("/v1/Callbacks/Sms/{CredentialSid}", callbacks.sms_status, methods=["POST"]),
     Route(SERVICE + "/Notifications", notifications.create, methods=["POST"]),
+    Route(SERVICE + "/Notifications/{Sid}", notifications.fetch, methods=["GET"]),
+    Route(NOTIFICATION + "/Deliveries", deliveries.list_, methods=["GET"]),
+    Route(NOTIFICATION + "/Deliveries/{Sid}", deliveries.fetch, methods=["GET"]),
     Route(SERVICE + "/Segments", users.list_segments, methods=["GET"]),
     Route(SERVICE + "/Users", users.list_, methods=["GET"]),
     Route(SERVICE + "/Users", users.create, methods=["POST"]),
@@ -105,7 +110,13 @@ def _not_found(request: Request) -> errors.ClarionError:
     )
 
 
-def create_app(*, database: Database, vault: Vault) -> Starlette:
+def create_app(
+    *,
+    database: Database,
+    vault: Vault,
+    on_enqueued: Callable[[], None] = lambda: None,
+    webhook_tokens: Mapping[str, str] | None = None,
+) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await database.start()
@@ -124,7 +135,11 @@ def create_app(*, database: Database, vault: Vault) -> Starlette:
         },
     )
     app.state.runtime = Runtime(
-        database=database, vault=vault, authenticator=Authenticator(database)
+        database=database,
+        vault=vault,
+        authenticator=Authenticator(database),
+        on_enqueued=on_enqueued,
+        webhook_tokens=webhook_tokens or {},
     )
     app.add_middleware(JsonSuffix)
     return app

@@ -47,6 +47,10 @@ def render(ctx: Context, row: dict[str, Any], *, under_user: bool = False) -> di
         "binding_type": row["binding_type"],
         "address": row["address"],
         "tags": row["tags"],
+        # Extension: a binding a provider reported dead receives nothing until registered again.
+        "status": "active" if row["inactive_since"] is None else "inactive",
+        "inactive_since": timestamp(row["inactive_since"]),
+        "inactive_reason": row["inactive_reason"],
         "url": ctx.url(f"{base}/{row['sid']}"),
         "links": {"user": ctx.url(user)},
     }
@@ -139,6 +143,7 @@ async def list_(request: Request) -> Response:
         ]
     tags = query.strings("Tag", max_items=MAX_TAG_FILTERS, max_length=TAG_MAX)
     start, end = query.day("StartDate"), query.day("EndDate")
+    status = query.choice("Status", ("active", "inactive"))
     page, number = page_request(query)
     service_sid = ctx.path_sid("ServiceSid", sids.SERVICE)
 
@@ -156,6 +161,7 @@ async def list_(request: Request) -> Response:
             created_before=None
             if end is None
             else datetime.combine(end, time()) + timedelta(days=1),
+            active=None if status is None else status == "active",
             page=page,
         )
 

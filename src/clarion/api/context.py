@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
@@ -20,6 +21,12 @@ class Runtime:
     database: Database
     vault: Vault
     authenticator: Authenticator
+    # Called after a notification commits, so workers start at once instead of at their next
+    # poll (an in-process event on SQLite, NOTIFY on PostgreSQL).
+    on_enqueued: Callable[[], None] = lambda: None
+    # Webhook secrets that live outside the database, by the credential SID their URL names
+    # (the sandbox's Twilio account); nothing else is looked up without an account.
+    webhook_tokens: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,9 +55,15 @@ class Context:
         return str(self.request.path_params[name])
 
 
+def runtime(request: Request) -> Runtime:
+    """The process's objects, for the few routes that authenticate callers another way."""
+    found: Runtime = request.app.state.runtime
+    return found
+
+
 async def authenticated(request: Request) -> Context:
-    runtime: Runtime = request.app.state.runtime
-    principal = await runtime.authenticator(request)
+    process = runtime(request)
+    principal = await process.authenticator(request)
     return Context(
-        request=request, principal=principal, database=runtime.database, vault=runtime.vault
+        request=request, principal=principal, database=process.database, vault=process.vault
     )

@@ -57,6 +57,10 @@ class Form:
     def from_query(cls, request: Request) -> Form:
         return cls(_parse(request.scope.get("query_string", b""), "query string"))
 
+    def params(self) -> dict[str, list[str]]:
+        """Every parameter with all its values, e.g. to check a webhook's signature."""
+        return {name: list(values) for name, values in self._values.items()}
+
     def names(self) -> set[str]:
         return set(self._values)
 
@@ -117,6 +121,15 @@ class Form:
         if value is not None and value not in allowed:
             raise errors.invalid_parameter(name, f"must be one of {', '.join(allowed)}")
         return value
+
+    def choices(self, name: str, options: Iterable[str]) -> list[str]:
+        """A repeated parameter whose every value is one of `options` (e.g. a status filter)."""
+        allowed = tuple(options)
+        values = self.strings(name, max_items=len(allowed), max_length=64)
+        for value in values:
+            if value not in allowed:
+                raise errors.invalid_parameter(name, f"values must be among {', '.join(allowed)}")
+        return values
 
     def sid(self, name: str, prefix: str) -> str | None:
         """A SID of the given kind; the empty string means "none" (how a setting is cleared)."""

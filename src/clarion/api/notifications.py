@@ -1,4 +1,4 @@
-"""`POST /v1/Services/{IS}/Notifications`: validate, store with its pending work, answer 201.
+"""`/v1/Services/{IS}/Notifications`: validate, store with its pending work, answer 201.
 
 Sending is the delivery engine's job; this handler's promise is that an accepted notification
 and all the work it implies are committed together, or not at all (§4.4).
@@ -6,6 +6,7 @@ and all the work it implies are committed together, or not at all (§4.4).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection
@@ -14,10 +15,10 @@ from starlette.responses import Response
 
 from clarion import addresses, errors, sids
 from clarion.api.bindings import IDENTITY_MAX, TAG_MAX, identity_value
-from clarion.api.context import authenticated
+from clarion.api.context import Context, authenticated, runtime
 from clarion.api.form import Form, parse_json_object
 from clarion.api.responses import json_response, timestamp
-from clarion.store import notifications, services
+from clarion.store import deliveries, notifications, services
 from clarion.store.notifications import DirectAddress, NewNotification
 
 MAX_IDENTITIES = 20
@@ -163,16 +164,80 @@ async def create(request: Request) -> Response:
         return notifications.create(conn, service_id=service_id, new=new)
 
     created = await ctx.database.write(op)
+    runtime(request).on_enqueued()
     return json_response(
-        {
-            "sid": created.sid,
-            "account_sid": ctx.principal.account_sid,
-            "service_sid": service_sid,
-            "date_created": timestamp(created.date_created),
-            **targets,
-            "priority": new.priority,
-            "ttl": new.ttl,
-            **new.content,
-        },
+        render(
+            ctx,
+            service_sid=service_sid,
+            sid=created.sid,
+            date_created=created.date_created,
+            targets=targets,
+            priority=new.priority,
+            ttl=new.ttl,
+            content=new.content,
+        ),
         status=201,
     )
+
+
+async def fetch(request: Request) -> Response:
+    """The notification with its delivery counts (an extension: Notify has no GET)."""
+    ctx = await authenticated(request)
+    service_sid = ctx.path_sid("ServiceSid", sids.SERVICE)
+    sid = ctx.path_sid("Sid", sids.NOTIFICATION)
+
+    def load(conn: Connection) -> Any:
+        service_id = services.resolve(conn, account_id=ctx.account_id, sid=service_sid)
+        return deliveries.notification_with_counts(conn, service_id=service_id, sid=sid)
+
+    row, counts = await ctx.database.read(load)
+    by_status: dict[str, int] = {}
+    for statuses in counts.values():
+        for status, count in statuses.items():
+            by_status[status] = by_status.get(status, 0) + count
+    path = f"/Services/{service_sid}/Notifications/{sid}"
+    return json_response(
+        {
+            **render(
+                ctx,
+                service_sid=service_sid,
+                sid=sid,
+                date_created=row["date_created"],
+                targets=row["targets"],
+                priority=row["priority"],
+                ttl=row["ttl"],
+                content=row["content"],
+            ),
+            "status": row["status"],
+            "date_completed": timestamp(row["date_completed"]),
+            "delivery_callback_url": row["delivery_callback_url"],
+            "deliveries": {"total": sum(by_status.values()), **by_status},
+            "deliveries_by_channel": counts,
+            "url": ctx.url(path),
+            "links": {"deliveries": ctx.url(f"{path}/Deliveries")},
+        }
+    )
+
+
+def render(
+    ctx: Context,
+    *,
+    service_sid: str,
+    sid: str,
+    date_created: datetime,
+    targets: dict[str, list[str]],
+    priority: str,
+    ttl: int,
+    content: dict[str, Any],
+) -> dict[str, Any]:
+    """The spec's Notification fields, the same for the 201 and for a later fetch."""
+    return {
+        "sid": sid,
+        "account_sid": ctx.principal.account_sid,
+        "service_sid": service_sid,
+        "date_created": timestamp(date_created),
+        **targets,
+        "priority": priority,
+        "ttl": ttl,
+        **content,
+    }

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Row,
     bindparam,
     delete,
     exists,
@@ -27,6 +28,7 @@ from sqlalchemy import (
 from clarion import errors, sids
 from clarion.store import users
 from clarion.store.clock import utcnow
+from clarion.store.dialect import DIALECTS, insert_or_ignore_on
 from clarion.store.paging import PageRequest, PageResult, fetch_page
 from clarion.store.tables import account, binding, binding_tag, credential, service
 
@@ -59,6 +61,8 @@ _PUBLIC = select(
     binding.c.address,
     binding.c.notification_protocol_version,
     binding.c.endpoint,
+    binding.c.inactive_since,
+    binding.c.inactive_reason,
     binding.c.date_created,
     binding.c.date_updated,
 ).select_from(binding.join(service).join(account))
@@ -84,7 +88,9 @@ _FIND_ADDRESS = select(
 _COUNT_IDENTITY = select(func.count()).where(
     binding.c.service_id == bindparam("service_id"), binding.c.identity == bindparam("identity")
 )
-_INSERT = insert(binding).returning(binding.c.id)
+# Ignoring a conflict (and returning no id) lets a concurrent registration of the same address
+# by another process turn into a move instead of an error.
+_INSERT = {name: insert_or_ignore_on(name, binding).returning(binding.c.id) for name in DIALECTS}
 _MOVE = update(binding).where(binding.c.id == bindparam("binding_id"))
 _CLEAR_TAGS = delete(binding_tag).where(binding_tag.c.binding_id == bindparam("binding_id"))
 _ADD_TAG = insert(binding_tag)
@@ -99,29 +105,22 @@ def register(conn: Connection, *, service_id: int, reg: Registration) -> dict[st
     owner's notifications, and the app that re-registers it keeps a stable handle.
     """
     now = utcnow()
-    existing = conn.execute(
-        _FIND_ADDRESS,
-        {"service_id": service_id, "binding_type": reg.binding_type, "address": reg.address},
-    ).first()
-    if existing is None or existing.identity != reg.identity:
-        count = conn.scalar(_COUNT_IDENTITY, {"service_id": service_id, "identity": reg.identity})
-        if (count or 0) >= MAX_BINDINGS_PER_IDENTITY:
-            raise errors.invalid_parameter(
-                "Identity",
-                f"identity already has {MAX_BINDINGS_PER_IDENTITY} bindings, the most one identity "
-                "can have; delete one first",
-            )
     values = {
         "identity": reg.identity,
         "notification_protocol_version": reg.notification_protocol_version,
         "credential_id": reg.credential_id,
         "endpoint": reg.endpoint,
         "date_updated": now,
+        # An app registering its address again is alive: a retired binding comes back.
+        "inactive_since": None,
+        "inactive_reason": None,
     }
+    existing = _find_address(conn, service_id=service_id, reg=reg)
+    binding_id = None
     if existing is None:
         sid, date_created = sids.new_sid(sids.BINDING), now
         binding_id = conn.scalar(
-            _INSERT,
+            _INSERT[conn.dialect.name],
             {
                 "sid": sid,
                 "service_id": service_id,
@@ -131,7 +130,11 @@ def register(conn: Connection, *, service_id: int, reg: Registration) -> dict[st
                 **values,
             },
         )
-    else:
+        if binding_id is None:
+            # Another process registered the same address since we looked: move it instead.
+            existing = _find_address(conn, service_id=service_id, reg=reg)
+            assert existing is not None
+    if existing is not None:
         binding_id, sid, date_created = existing.id, existing.sid, existing.date_created
         conn.execute(_MOVE, {"binding_id": binding_id, **values})
         conn.execute(_CLEAR_TAGS, {"binding_id": binding_id})
@@ -147,10 +150,31 @@ def register(conn: Connection, *, service_id: int, reg: Registration) -> dict[st
         "address": reg.address,
         "notification_protocol_version": reg.notification_protocol_version,
         "endpoint": reg.endpoint,
+        "inactive_since": None,
+        "inactive_reason": None,
         "date_created": date_created,
         "date_updated": now,
         "tags": sorted(reg.tags),
     }
+
+
+def _find_address(
+    conn: Connection, *, service_id: int, reg: Registration
+) -> Row[Any, Any, Any, Any] | None:
+    """The binding already registered at `reg`'s address, checking `reg` fits its identity."""
+    existing = conn.execute(
+        _FIND_ADDRESS,
+        {"service_id": service_id, "binding_type": reg.binding_type, "address": reg.address},
+    ).first()
+    if existing is None or existing.identity != reg.identity:
+        count = conn.scalar(_COUNT_IDENTITY, {"service_id": service_id, "identity": reg.identity})
+        if (count or 0) >= MAX_BINDINGS_PER_IDENTITY:
+            raise errors.invalid_parameter(
+                "Identity",
+                f"identity already has {MAX_BINDINGS_PER_IDENTITY} bindings, the most one identity "
+                "can have; delete one first",
+            )
+    return existing
 
 
 def get(
@@ -173,10 +197,18 @@ def list_page(
     tags: Sequence[str],
     created_from: datetime | None,
     created_before: datetime | None,
+    active: bool | None = None,
     page: PageRequest,
 ) -> tuple[PageResult, dict[int, list[str]]]:
-    """One page of bindings and the explicit tags of each, by binding id."""
+    """One page of bindings and the explicit tags of each, by binding id.
+
+    `active` filters on whether a provider has retired the address (None: both).
+    """
     query = _PUBLIC.where(binding.c.service_id == service_id)
+    if active is not None:
+        query = query.where(
+            binding.c.inactive_since.is_(None) if active else binding.c.inactive_since.is_not(None)
+        )
     if identities:
         query = query.where(binding.c.identity.in_(identities))
     for tag in tags:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, insert, select
@@ -111,3 +112,28 @@ def update_fields(
 
 def remove(conn: Connection, *, account_id: int, sid: str) -> None:
     delete_owned(conn, credential, account_id=account_id, sid=sid)
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebhookCredential:
+    account_id: int
+    type: str
+    secret_sealed: str | None
+
+
+def for_webhook(conn: Connection, *, sid: str) -> WebhookCredential | None:
+    """The credential a provider's webhook names in its URL, whichever account owns it.
+
+    Webhooks carry no account credentials: the caller proves itself with a signature made with
+    this credential's secret, so the secret must be found from the URL alone.
+    """
+    row = conn.execute(
+        select(credential.c.account_id, credential.c.type, credential.c.secret_sealed).where(
+            credential.c.sid == sid
+        )
+    ).first()
+    if row is None:
+        return None
+    return WebhookCredential(
+        account_id=row.account_id, type=row.type, secret_sealed=row.secret_sealed
+    )

@@ -48,29 +48,34 @@ class Created:
     date_created: datetime
 
 
+# Built once: creating notifications is a hot write path.
+_INSERT_NOTIFICATION = insert(notification).returning(notification.c.id)
+_INSERT_DELIVERY = insert(delivery)
+_INSERT_JOB = insert(job)
+
+
 def create(conn: Connection, *, service_id: int, new: NewNotification) -> Created:
     now = utcnow()
     sid = sids.new_sid(sids.NOTIFICATION)
     notification_id = conn.scalar(
-        insert(notification)
-        .values(
-            sid=sid,
-            service_id=service_id,
-            targets=new.targets,
-            content=new.content,
-            priority=new.priority,
-            ttl=new.ttl,
-            expires_at=now + timedelta(seconds=new.ttl),
-            delivery_callback_url=new.delivery_callback_url,
-            status="queued",
-            date_created=now,
-        )
-        .returning(notification.c.id)
+        _INSERT_NOTIFICATION,
+        {
+            "sid": sid,
+            "service_id": service_id,
+            "targets": new.targets,
+            "content": new.content,
+            "priority": new.priority,
+            "ttl": new.ttl,
+            "expires_at": now + timedelta(seconds=new.ttl),
+            "delivery_callback_url": new.delivery_callback_url,
+            "status": "queued",
+            "date_created": now,
+        },
     )
     if new.direct:
         rank = PRIORITY_RANK[new.priority]
         conn.execute(
-            insert(delivery),
+            _INSERT_DELIVERY,
             [
                 {
                     "notification_id": notification_id,
@@ -79,7 +84,7 @@ def create(conn: Connection, *, service_id: int, new: NewNotification) -> Create
                     "status": "failed" if target.error else "pending",
                     "priority": rank,
                     "next_attempt_at": now,
-                    "error_code": target.error[0] if target.error else None,
+                    "error_code": str(target.error[0]) if target.error else None,
                     "error_message": target.error[1] if target.error else None,
                     "date_created": now,
                     "date_updated": now,
@@ -90,11 +95,12 @@ def create(conn: Connection, *, service_id: int, new: NewNotification) -> Create
         )
     else:
         conn.execute(
-            insert(job).values(
-                kind="fanout",
-                notification_id=notification_id,
-                status="pending",
-                run_at=now,
-            )
+            _INSERT_JOB,
+            {
+                "kind": "fanout",
+                "notification_id": notification_id,
+                "status": "pending",
+                "run_at": now,
+            },
         )
     return Created(sid=sid, date_created=now)

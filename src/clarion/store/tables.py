@@ -149,11 +149,17 @@ binding = Table(
     Column("address", Text, nullable=False),
     Column("notification_protocol_version", String(16), nullable=True),
     Column("endpoint", String(256), nullable=True),
+    # Set when a provider said the address is dead: fan-out skips the binding from then on, and
+    # the API shows why and since when (nothing is deleted silently).
+    Column("inactive_since", DateTime(), nullable=True),
+    Column("inactive_reason", String(256), nullable=True),
     _created(),
     _updated(),
     # One address per channel per service: registering it again moves it (DESIGN.md, Binding).
     UniqueConstraint("service_id", "binding_type", "address"),
     Index("ix_binding_service_id_identity", "service_id", "identity"),
+    # Fan-out walks a service's bindings in id order (keyset chunks).
+    Index("ix_binding_service_id_id", "service_id", "id"),
 )
 
 # Explicit tags only; the built-in ones (`all`, the binding type) are derived when querying.
@@ -212,9 +218,18 @@ notification = Table(
     Column("ttl", Integer, nullable=False),
     Column("expires_at", DateTime(), nullable=False),
     Column("delivery_callback_url", String(2048), nullable=True),
-    # queued → fanning_out → dispatched (set by the delivery engine).
+    # queued → fanning_out → dispatched → completed (every delivery final), or failed when its
+    # fan-out gave up. A direct (ToBinding) notification has its deliveries from the start.
     Column("status", String(16), nullable=False),
     _created(),
+    Column("date_completed", DateTime(), nullable=True),
+    # The notifications the delivery engine still watches, so finding them never scans history.
+    Index(
+        "ix_notification_open",
+        "id",
+        postgresql_where=text("status IN ('queued', 'fanning_out', 'dispatched')"),
+        sqlite_where=text("status IN ('queued', 'fanning_out', 'dispatched')"),
+    ),
 )
 
 # Coarse work (fan-out, callbacks, timers), claimed with a lease like deliveries.
@@ -226,9 +241,11 @@ job = Table(
     Column("notification_id", ForeignKey("notification.id", ondelete="CASCADE"), nullable=True),
     # Where a chunked job resumes after a crash (e.g. the last binding id fanned out).
     Column("cursor", JSON, nullable=True),
+    # pending → running (leased) → done | failed
     Column("status", String(16), nullable=False),
     Column("run_at", DateTime(), nullable=False),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("max_attempts", Integer, nullable=False, server_default=text("10")),
     Column("lease_owner", String(64), nullable=True),
     Column("lease_expires_at", DateTime(), nullable=True),
     Column("last_error", Text, nullable=True),
@@ -239,6 +256,13 @@ job = Table(
         postgresql_where=text("status = 'pending'"),
         sqlite_where=text("status = 'pending'"),
     ),
+    Index(
+        "ix_job_running",
+        "lease_expires_at",
+        postgresql_where=text("status = 'running'"),
+        sqlite_where=text("status = 'running'"),
+    ),
+    Index("ix_job_notification_id", "notification_id"),
 )
 
 # One notification to one address over one channel: the unit of work, retry and record.
@@ -252,6 +276,8 @@ delivery = Table(
     Column("identity", String(256), nullable=True),
     Column("channel", String(32), nullable=False),
     Column("address", Text, nullable=False),
+    # The binding's own credential, copied at fan-out; null means the service's for the channel.
+    Column("credential_id", ForeignKey("credential.id", ondelete="SET NULL"), nullable=True),
     # pending → sending → sent → delivered | failed | expired
     Column("status", String(16), nullable=False),
     Column("priority", Integer, nullable=False),
@@ -262,7 +288,8 @@ delivery = Table(
     # Set when a lease expired mid-send: the provider may or may not have the message.
     Column("ambiguous", Boolean, nullable=False, server_default=text("false")),
     Column("provider_ref", String(256), nullable=True),
-    Column("error_code", Integer, nullable=True),
+    # A Notify code ("52002") or the provider's own ("Unregistered", "21211").
+    Column("error_code", String(64), nullable=True),
     Column("error_message", Text, nullable=True),
     Column("failover_of", ForeignKey("delivery.id", ondelete="SET NULL"), nullable=True),
     _created(),
@@ -275,4 +302,45 @@ delivery = Table(
         postgresql_where=text("status = 'pending'"),
         sqlite_where=text("status = 'pending'"),
     ),
+    # What the sweeper looks at: leases that may have run out.
+    Index(
+        "ix_delivery_leased",
+        "lease_expires_at",
+        postgresql_where=text("status = 'sending'"),
+        sqlite_where=text("status = 'sending'"),
+    ),
+    # Whether a notification still has work left, without reading its finished deliveries.
+    Index(
+        "ix_delivery_open",
+        "notification_id",
+        postgresql_where=text("status IN ('pending', 'sending')"),
+        sqlite_where=text("status IN ('pending', 'sending')"),
+    ),
+    # Provider reports (SMS status callbacks) name the message by the provider's id.
+    Index(
+        "ix_delivery_provider_ref",
+        "provider_ref",
+        postgresql_where=text("provider_ref IS NOT NULL"),
+        sqlite_where=text("provider_ref IS NOT NULL"),
+    ),
+    # Retiring a binding fails its other pending deliveries; deleting one nulls its references.
+    Index("ix_delivery_binding_id", "binding_id"),
+    Index(
+        "ix_delivery_credential_id",
+        "credential_id",
+        postgresql_where=text("credential_id IS NOT NULL"),
+        sqlite_where=text("credential_id IS NOT NULL"),
+    ),
+)
+
+# Append-only history of each delivery (attempts, answers, retries), for the debugger.
+delivery_event = Table(
+    "delivery_event",
+    metadata,
+    _id(),
+    Column("delivery_id", ForeignKey("delivery.id", ondelete="CASCADE"), nullable=False),
+    Column("at", DateTime(), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("detail", JSON, nullable=True),
+    Index("ix_delivery_event_delivery_id", "delivery_id", "id"),
 )

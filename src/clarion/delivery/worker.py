@@ -1,0 +1,390 @@
+"""The delivery engine's runtime: claim loops, bounded concurrent sends, batched results.
+
+One `Worker` per process (`clarion serve` embeds one; `clarion worker` is nothing else), any
+number of them on one PostgreSQL. It runs four tasks:
+
+- the job loop claims `fanout` jobs and expands them (clarion.delivery.fanout);
+- the delivery loop claims batches of due deliveries while fewer than `max_in_flight` are out,
+  and starts one send per delivery (clarion.delivery.dispatcher);
+- the flush loop writes finished sends back in one transaction per batch, guarded by the lease,
+  and only then frees their room: results never pile up faster than they are stored;
+- the sweep loop, on the leader only, returns expired leases, expires overdue deliveries and
+  completes finished notifications.
+
+Claim loops wait on the wake-up signal (clarion.delivery.wakeup), polling with a back-off from
+`poll_min` to `poll_max` seconds. `stop()` is graceful: no new claims, sends in flight get
+`stop_timeout` seconds to finish, their results are stored, and whatever was interrupted is
+handed back (ambiguous, as it may have reached the provider).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import random
+import secrets
+import socket
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from clarion.delivery import fanout
+from clarion.delivery.channel_pool import (
+    REFRESH_INTERVAL,
+    ChannelFactory,
+    ChannelPool,
+    Fallback,
+)
+from clarion.delivery.dispatcher import Dispatcher
+from clarion.delivery.wakeup import LeaderLock, WorkSignal
+from clarion.store import queue
+from clarion.store.clock import utcnow
+from clarion.store.database import Database
+from clarion.store.fanout import CHUNK_SIZE
+from clarion.store.queue import ClaimedDelivery, ClaimedJob, Completion, NotificationWork
+from clarion.vault import Vault
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerConfig:
+    # Deliveries per claim; batch size is what makes the queue fast (architecture.md §1.5).
+    batch_size: int = 500
+    # Sends started and not yet stored, at most.
+    max_in_flight: int = 1000
+    # Far longer than any provider timeout, so only a dead worker ever loses a lease.
+    lease: timedelta = timedelta(seconds=60)
+    fanout_chunk: int = CHUNK_SIZE
+    # Fan-out jobs run at the same time, at most.
+    max_jobs: int = 2
+    poll_min: float = 0.1
+    poll_max: float = 2.0
+    sweep_interval: float = 5.0
+    stop_timeout: float = 10.0
+    # How soon an edited credential's new secret is used, in seconds.
+    credential_refresh: float = REFRESH_INTERVAL
+
+
+def worker_name() -> str:
+    """Unique per process and recognisable in `lease_owner`: host, pid and a random tail."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class Worker:
+    def __init__(
+        self,
+        database: Database,
+        *,
+        channels: ChannelFactory,
+        fallback: Fallback = lambda _channel: None,
+        vault: Vault,
+        signal: WorkSignal,
+        leader: LeaderLock,
+        config: WorkerConfig | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        rng: random.Random | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.name = name or worker_name()
+        self._database = database
+        self._signal = signal
+        self._leader = leader
+        self._config = config or WorkerConfig()
+        self._clock = clock
+        self._pool = ChannelPool(
+            database,
+            factory=channels,
+            vault=vault,
+            refresh_interval=self._config.credential_refresh,
+        )
+        self._dispatcher = Dispatcher(self._pool, clock=clock, rng=rng, fallback=fallback)
+        self._handlers: dict[str, Callable[[ClaimedJob], Awaitable[None]]] = {
+            "fanout": self._fanout
+        }
+        self._stopping = asyncio.Event()
+        self._closing = False
+        self._loops: list[asyncio.Task[None]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        # Claimed deliveries out of the queue: being sent, or sent and not yet stored.
+        self._in_flight = 0
+        self._room = asyncio.Event()
+        self._sends: dict[asyncio.Task[None], int] = {}
+        self._jobs: set[asyncio.Task[None]] = set()
+        self._job_done = asyncio.Event()
+        self._results: list[Completion] = []
+        # Sends cut short by `stop()`: after the request left (ambiguous), or before.
+        self._interrupted: list[int] = []
+        self._unsent: list[int] = []
+        self._results_ready = asyncio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loops = [
+            asyncio.create_task(self._job_loop(), name=f"clarion-jobs-{self.name}"),
+            asyncio.create_task(self._delivery_loop(), name=f"clarion-deliveries-{self.name}"),
+            asyncio.create_task(self._sweep_loop(), name=f"clarion-sweeper-{self.name}"),
+        ]
+        self._flusher = asyncio.create_task(self._flush_loop(), name=f"clarion-flush-{self.name}")
+
+    async def stop(self) -> None:
+        """Stop claiming, let sends finish (up to `stop_timeout`), store every result."""
+        timeout = self._config.stop_timeout
+        self._stopping.set()
+        self._room.set()
+        self._job_done.set()
+        # Claim loops are never cancelled mid-claim (claimed rows would be stranded until
+        # their lease ran out); they notice `_stopping` between steps.
+        await _finish(self._loops, timeout)
+        await _finish(set(self._sends) | self._jobs, timeout)
+        self._closing = True
+        self._results_ready.set()
+        if self._flusher is not None:
+            await _finish([self._flusher], timeout)
+        else:
+            await self._flush()
+        await self._pool.close()
+
+    # -- steps (the loops below repeat them; tests drive them one at a time) ---------------
+
+    async def run_jobs(self) -> int:
+        """Claim every due job and run it to the end; how many ran."""
+        ran = 0
+        while jobs := await self._claim_jobs(self._config.max_jobs):
+            await asyncio.gather(*(self._run_job(job) for job in jobs))
+            ran += len(jobs)
+        return ran
+
+    async def dispatch_once(self) -> int:
+        """Claim one batch, send it, store the results; how many deliveries it held."""
+        claimed = await self._claim_and_send(self._config.batch_size)
+        await asyncio.gather(*list(self._sends))
+        await self._flush()
+        return claimed
+
+    async def sweep_once(self) -> queue.Swept:
+        """The leader's chores, once: expired leases, overdue deliveries, finished notifications."""
+        now = self._clock()
+        swept = await self._database.transaction(
+            functools.partial(queue.sweep_expired_leases, now=now)
+        )
+        while await self._database.transaction(functools.partial(queue.expire_overdue, now=now)):
+            pass
+        await self._database.transaction(functools.partial(queue.complete_notifications, now=now))
+        if swept.deliveries or swept.jobs:
+            self._signal.notify()
+        return swept
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    async def _job_loop(self) -> None:
+        wake = self._signal.subscribe()
+        delay = self._config.poll_min
+        while not self._stopping.is_set():
+            free = self._config.max_jobs - len(self._jobs)
+            if free <= 0:
+                self._job_done.clear()
+                await self._job_done.wait()
+                continue
+            wake.clear()
+            jobs = await self._guarded(self._claim_jobs(free), [])
+            for job in jobs:
+                task = asyncio.create_task(self._run_job(job))
+                self._jobs.add(task)
+                task.add_done_callback(self._job_finished)
+            if jobs:
+                delay = self._config.poll_min
+                continue
+            await self._idle(wake, delay)
+            delay = min(delay * 2, self._config.poll_max)
+
+    def _job_finished(self, task: asyncio.Task[None]) -> None:
+        self._jobs.discard(task)
+        self._job_done.set()
+
+    async def _claim_jobs(self, limit: int) -> list[ClaimedJob]:
+        return await self._database.transaction(
+            functools.partial(
+                queue.claim_jobs,
+                owner=self.name,
+                now=self._clock(),
+                lease=self._config.lease,
+                limit=limit,
+                kinds=list(self._handlers),
+            )
+        )
+
+    async def _run_job(self, job: ClaimedJob) -> None:
+        try:
+            await self._handlers[job.kind](job)
+        except Exception:
+            # The job keeps its lease; the sweeper hands it to the next worker.
+            log.exception("job %s (%s) failed", job.id, job.kind)
+
+    async def _fanout(self, job: ClaimedJob) -> None:
+        await fanout.run(
+            self._database,
+            job,
+            owner=self.name,
+            clock=self._clock,
+            lease=self._config.lease,
+            chunk_size=self._config.fanout_chunk,
+            progressed=self._signal.notify,
+            stopping=self._stopping.is_set,
+        )
+
+    # -- deliveries ------------------------------------------------------------------------
+
+    async def _delivery_loop(self) -> None:
+        wake = self._signal.subscribe()
+        delay = self._config.poll_min
+        # Claim in worthwhile batches: wait for this much room unless nothing is out at all.
+        floor = max(1, min(self._config.batch_size, self._config.max_in_flight // 2))
+        while not self._stopping.is_set():
+            if self._in_flight and self._free() < floor:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            wake.clear()
+            limit = min(self._config.batch_size, self._free())
+            if await self._guarded(self._claim_and_send(limit), 0):
+                delay = self._config.poll_min
+                continue
+            await self._idle(wake, delay)
+            delay = min(delay * 2, self._config.poll_max)
+
+    def _free(self) -> int:
+        return self._config.max_in_flight - self._in_flight
+
+    async def _claim_and_send(self, limit: int) -> int:
+        batch = await self._database.transaction(
+            functools.partial(
+                queue.claim_deliveries,
+                owner=self.name,
+                now=self._clock(),
+                lease=self._config.lease,
+                limit=limit,
+            )
+        )
+        self._in_flight += len(batch.deliveries)
+        for item in batch.deliveries:
+            task = asyncio.create_task(self._send(item, batch.notifications[item.notification_id]))
+            self._sends[task] = item.id
+            task.add_done_callback(self._sends.pop)
+        return len(batch.deliveries)
+
+    async def _send(self, item: ClaimedDelivery, work: NotificationWork) -> None:
+        handed_over = False
+
+        def sending() -> None:
+            nonlocal handed_over
+            handed_over = True
+
+        try:
+            completion = await self._dispatcher.dispatch(item, work, sending=sending)
+        except asyncio.CancelledError:
+            (self._interrupted if handed_over else self._unsent).append(item.id)
+            self._results_ready.set()
+            raise
+        self._results.append(completion)
+        self._results_ready.set()
+
+    async def _flush_loop(self) -> None:
+        while not (self._closing and not (self._results or self._interrupted or self._unsent)):
+            await self._results_ready.wait()
+            self._results_ready.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Store every finished send in one transaction, then give their room back."""
+        results, self._results = self._results, []
+        interrupted, self._interrupted = self._interrupted, []
+        unsent, self._unsent = self._unsent, []
+        try:
+            if results:
+                owned = await self._database.transaction(
+                    functools.partial(
+                        queue.complete_deliveries,
+                        owner=self.name,
+                        now=self._clock(),
+                        completions=results,
+                    )
+                )
+                lost = len(results) - len(owned)
+                if lost:
+                    log.warning("%s results dropped: their leases had run out", lost)
+                await self._database.transaction(
+                    functools.partial(
+                        queue.complete_notifications,
+                        now=self._clock(),
+                        ids={c.notification_id for c in results},
+                    )
+                )
+            for ids, maybe_sent in ((interrupted, True), (unsent, False)):
+                if ids:
+                    await self._database.transaction(
+                        functools.partial(
+                            queue.release_deliveries,
+                            owner=self.name,
+                            now=self._clock(),
+                            ids=ids,
+                            maybe_sent=maybe_sent,
+                        )
+                    )
+        except Exception:
+            log.exception("storing %s results failed; trying again", len(results))
+            self._results[:0] = results
+            self._interrupted[:0] = interrupted
+            self._unsent[:0] = unsent
+            await asyncio.sleep(self._config.poll_max)
+            self._results_ready.set()
+            return
+        self._in_flight -= len(results) + len(interrupted) + len(unsent)
+        self._room.set()
+
+    # -- leader ----------------------------------------------------------------------------
+
+    async def _sweep_loop(self) -> None:
+        while not self._stopping.is_set():
+            if await self._guarded(self._leader.acquire(), False):
+                await self._guarded(self.sweep_once(), None)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._config.sweep_interval)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    async def _idle(self, wake: asyncio.Event, seconds: float) -> None:
+        """Until work may have arrived, `seconds` passed, or the worker stops."""
+        waits = {asyncio.ensure_future(wake.wait()), asyncio.ensure_future(self._stopping.wait())}
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+
+    async def _guarded(self, step: Awaitable[T], fallback: T) -> T:
+        """A loop step that fails (database unreachable) is logged and retried after a pause."""
+        try:
+            return await step
+        except Exception:
+            log.exception("worker step failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._config.poll_max)
+            return fallback
+
+
+async def _finish(tasks: Collection[asyncio.Task[None]], seconds: float) -> None:
+    """Wait for `tasks` up to `seconds`, then cancel what is left."""
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=seconds)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)

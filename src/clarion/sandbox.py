@@ -1,0 +1,114 @@
+"""`clarion serve --sandbox`: every provider emulated in this process, so a new user sees the
+whole flow — register, send, deliver, retire dead tokens, SMS delivered reports — with no
+provider account.
+
+A service without a credential for a channel sends through the emulator of that channel; a
+service that has one keeps using it. The emulators script outcomes from the address (README,
+"Sandbox"): APNs/FCM tokens starting `dead` are unregistered, `bad` invalid, `slow` answered
+after 5 s; Twilio's magic test numbers fail as Twilio's do; Messenger ids starting `dead` are
+unavailable (551).
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from clarion.channels.apns import ApnsChannel
+from clarion.channels.base import Channel
+from clarion.channels.fcm import FcmChannel
+from clarion.channels.messenger import MessengerChannel
+from clarion.channels.twilio_sms import TwilioSmsChannel
+from clarion.emulators.apns import ApnsEmulator
+from clarion.emulators.fcm import FcmEmulator
+from clarion.emulators.messenger import MessengerEmulator
+from clarion.emulators.twilio import TwilioEmulator
+
+# The credential SID the sandbox's SMS status callbacks name: no stored credential has it
+# (a SID's hex is random), and the webhook checks them against the sandbox's own auth token.
+SANDBOX_CREDENTIAL_SID = "CR" + "0" * 32
+SANDBOX_TOPIC = "com.clarion.sandbox"
+SANDBOX_SENDER = "+15005550006"  # Twilio's magic "valid From" number
+SANDBOX_PAGE = "1000000000"
+
+
+class Sandbox:
+    def __init__(self, *, sms_status_callback: str, slow_delay: float = 5.0) -> None:
+        """`sms_status_callback` is where the Twilio emulator reports on each SMS (Clarion's
+        webhook for SANDBOX_CREDENTIAL_SID, checked with `twilio_auth_token`)."""
+        self._sms_status_callback = sms_status_callback
+        self.twilio_account_sid = "AC" + secrets.token_hex(16)
+        self.twilio_auth_token = secrets.token_hex(16)
+        self._page_token = secrets.token_urlsafe(24)
+        self.apns = ApnsEmulator(slow_delay=slow_delay)
+        self.fcm = FcmEmulator(slow_delay=slow_delay)
+        self.twilio = TwilioEmulator(accounts={self.twilio_account_sid: self.twilio_auth_token})
+        self.messenger = MessengerEmulator(
+            pages={SANDBOX_PAGE: self._page_token}, slow_delay=slow_delay
+        )
+        self._channels: dict[str, Channel] = {}
+
+    async def start(self) -> None:
+        """Start the emulators and the channels that reach them."""
+        for emulator in self._emulators:
+            await emulator.start()
+        fcm = FcmChannel(service_account=self.fcm.new_service_account(), base_url=self.fcm.url)
+        self._channels = {
+            "apn": self._apns_channel(),
+            "fcm": fcm,
+            "gcm": fcm,
+            "sms": TwilioSmsChannel(
+                account_sid=self.twilio_account_sid,
+                auth_token=self.twilio_auth_token,
+                from_=SANDBOX_SENDER,
+                base_url=self.twilio.url,
+                status_callback=self._sms_status_callback,
+            ),
+            "facebook-messenger": MessengerChannel(
+                page_id=SANDBOX_PAGE,
+                page_access_token=self._page_token,
+                base_url=self.messenger.url,
+            ),
+        }
+
+    @property
+    def _emulators(self) -> tuple[ApnsEmulator, FcmEmulator, TwilioEmulator, MessengerEmulator]:
+        return (self.apns, self.fcm, self.twilio, self.messenger)
+
+    def _apns_channel(self) -> ApnsChannel:
+        key = ec.generate_private_key(ec.SECP256R1())
+        key_id, team_id = "SANDBOXKEY", "SANDBOXTEA"
+        self.apns.register_key(
+            key_id=key_id,
+            team_id=team_id,
+            public_key_pem=key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            ),
+        )
+        private_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return ApnsChannel(
+            private_key=private_pem,
+            key_id=key_id,
+            team_id=team_id,
+            bundle_id=SANDBOX_TOPIC,
+            sandbox=True,
+            base_url=self.apns.url,
+            ssl_context=self.apns.client_ssl_context(),
+        )
+
+    def fallback(self, binding_type: str) -> Channel | None:
+        """The channel a binding type uses when its service has no credential for it."""
+        return self._channels.get(binding_type)
+
+    async def stop(self) -> None:
+        channels, self._channels = self._channels, {}
+        for channel in {id(c): c for c in channels.values()}.values():
+            await channel.close()
+        for emulator in self._emulators:
+            await emulator.close()

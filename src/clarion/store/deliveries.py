@@ -1,0 +1,160 @@
+"""Delivery records as the API and the debugger read them: one notification's summary and its
+deliveries, never loaded whole (a notification may have hundreds of thousands)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy.engine import RowMapping
+
+from clarion import errors
+from clarion.store.paging import PageRequest, PageResult, fetch_page
+from clarion.store.tables import binding, delivery, delivery_event, notification, service
+
+_NOTIFICATION = select(
+    notification.c.id,
+    notification.c.sid,
+    notification.c.targets,
+    notification.c.content,
+    notification.c.priority,
+    notification.c.ttl,
+    notification.c.status,
+    notification.c.delivery_callback_url,
+    notification.c.date_created,
+    notification.c.date_completed,
+)
+
+_DELIVERY = select(
+    delivery.c.id,
+    binding.c.sid.label("binding_sid"),
+    delivery.c.identity,
+    delivery.c.channel,
+    delivery.c.address,
+    delivery.c.status,
+    delivery.c.attempts,
+    delivery.c.provider_ref,
+    delivery.c.error_code,
+    delivery.c.error_message,
+    delivery.c.failover_of,
+    delivery.c.date_created,
+    delivery.c.date_updated,
+).select_from(delivery.outerjoin(binding, binding.c.id == delivery.c.binding_id))
+
+
+def notification_with_counts(
+    conn: Connection, *, service_id: int, sid: str
+) -> tuple[RowMapping, dict[str, dict[str, int]]]:
+    """The notification and its delivery counts as {channel: {status: n}}: one indexed scan."""
+    row = (
+        conn.execute(
+            _NOTIFICATION.where(notification.c.service_id == service_id, notification.c.sid == sid)
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        raise errors.not_found()
+    counts: dict[str, dict[str, int]] = {}
+    for channel, status, count in conn.execute(
+        select(delivery.c.channel, delivery.c.status, func.count())
+        .where(delivery.c.notification_id == row["id"])
+        .group_by(delivery.c.channel, delivery.c.status)
+    ):
+        counts.setdefault(channel, {})[status] = count
+    return row, counts
+
+
+def notification_id(conn: Connection, *, service_id: int, sid: str) -> int:
+    found = conn.scalar(
+        select(notification.c.id).where(
+            notification.c.service_id == service_id, notification.c.sid == sid
+        )
+    )
+    if found is None:
+        raise errors.not_found()
+    return int(found)
+
+
+def list_page(
+    conn: Connection,
+    *,
+    notification_id: int,
+    statuses: Sequence[str],
+    channels: Sequence[str],
+    page: PageRequest,
+) -> PageResult:
+    query = _DELIVERY.where(delivery.c.notification_id == notification_id)
+    if statuses:
+        query = query.where(delivery.c.status.in_(statuses))
+    if channels:
+        query = query.where(delivery.c.channel.in_(channels))
+    return fetch_page(conn, query, delivery.c.id, page)
+
+
+def get(conn: Connection, *, notification_id: int, delivery_id: int) -> dict[str, Any]:
+    row = (
+        conn.execute(
+            _DELIVERY.where(
+                delivery.c.notification_id == notification_id, delivery.c.id == delivery_id
+            )
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        raise errors.not_found()
+    return dict(row)
+
+
+# A provider's later word on a message it accepted (an SMS status callback) moves the delivery
+# on from `sent`, and only forward: reports arrive late, twice and out of order.
+REPORTABLE = {"delivered": ("sent",), "failed": ("sent",)}
+
+
+def record_provider_report(
+    conn: Connection,
+    *,
+    account_id: int | None,
+    channel: str,
+    provider_ref: str,
+    status: str | None,
+    error_code: str | None,
+    error_message: str | None,
+    now: datetime,
+) -> bool:
+    """Apply a report on the message `provider_ref`; False when no delivery of the account has it.
+
+    `account_id` None looks in every account: only for webhooks signed with a secret no account
+    owns (the sandbox's).
+
+    `status` None records the report in the delivery's history without changing its state
+    (e.g. Twilio's intermediate `sent`).
+    """
+    query = select(delivery.c.id, delivery.c.status).where(
+        delivery.c.provider_ref == provider_ref, delivery.c.channel == channel
+    )
+    if account_id is not None:
+        query = query.select_from(delivery.join(notification).join(service)).where(
+            service.c.account_id == account_id
+        )
+    row = conn.execute(query).first()
+    if row is None:
+        return False
+    detail = {"status": status, "error_code": error_code, "error_message": error_message}
+    conn.execute(
+        insert(delivery_event).values(
+            delivery_id=row.id,
+            at=now,
+            kind="provider_report",
+            detail={key: value for key, value in detail.items() if value is not None},
+        )
+    )
+    if status is not None and row.status in REPORTABLE.get(status, ()):
+        values: dict[str, Any] = {"status": status, "date_updated": now}
+        if status == "failed":
+            values |= {"error_code": error_code, "error_message": error_message}
+        conn.execute(update(delivery).where(delivery.c.id == row.id).values(**values))
+    return True
