@@ -7,15 +7,17 @@ account, exactly the isolation the product promises its tenants.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
+import uvloop
 from sqlalchemy import Connection
 
 from clarion.api.app import create_app
@@ -26,6 +28,14 @@ from clarion.vault import Vault, new_key
 POSTGRES_ADMIN_URL = os.environ.get(
     "CLARION_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every test runs on uvloop, the loop `clarion serve` runs on: its transports differ
+    (e.g. TLS transports that are not asyncio.Transport subclasses)."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @dataclass(frozen=True)
