@@ -162,6 +162,7 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> None:
         webhook_tokens={}
         if sandbox is None
         else {SANDBOX_CREDENTIAL_SID: sandbox.twilio_auth_token},
+        sandbox=sandbox is not None,
     )
     _run_alongside(app, work_signal)
     if sandbox is not None:

@@ -6,6 +6,7 @@ installed console script on its embedded SQLite default, exactly what a develope
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -98,11 +99,29 @@ def _announced(output: str, label: str) -> str | None:
 @pytest.fixture(scope="session")
 def clarion_server(clarion_env: dict[str, str]) -> Iterator[ClarionServer]:
     """`clarion serve` on a free port; its announced default account's SID and token."""
+    with running_server(clarion_env) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def sandbox_server(
+    clarion_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ClarionServer]:
+    """`clarion serve --sandbox` on its own data directory."""
+    env = {**clarion_env, "CLARION_DATA_DIR": str(tmp_path_factory.mktemp("sandbox-data"))}
+    with running_server(env, "--sandbox") as server:
+        yield server
+
+
+@contextlib.contextmanager
+def running_server(env: dict[str, str], *options: str) -> Iterator[ClarionServer]:
+    """`clarion serve [options]` on a free port until the block ends; fails the test if the
+    server dies on the way."""
     port = _free_port()
     base_url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
-        [str(CLARION), "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=clarion_env,
+        [str(CLARION), "serve", "--host", "127.0.0.1", "--port", str(port), *options],
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -116,6 +116,7 @@ def create_app(
     vault: Vault,
     on_enqueued: Callable[[], None] = lambda: None,
     webhook_tokens: Mapping[str, str] | None = None,
+    sandbox: bool = False,
 ) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -140,6 +141,7 @@ def create_app(
         authenticator=Authenticator(database),
         on_enqueued=on_enqueued,
         webhook_tokens=webhook_tokens or {},
+        sandbox=sandbox,
     )
     app.add_middleware(JsonSuffix)
     return app

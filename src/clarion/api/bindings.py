@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from clarion import addresses, errors, sids
-from clarion.api.context import Context, authenticated
+from clarion.api.context import Context, authenticated, runtime
 from clarion.api.form import Form
 from clarion.api.paging import page_body, page_request
 from clarion.api.responses import json_response, no_content, timestamp
@@ -83,7 +83,11 @@ async def _create(ctx: Context, *, identity: str | None) -> Response:
     if binding_type is None:
         raise errors.missing_parameter("BindingType")
     try:
-        address = addresses.normalize(binding_type, form.required("Address", max_length=8192))
+        address = addresses.normalize(
+            binding_type,
+            form.required("Address", max_length=8192),
+            sandbox=runtime(ctx.request).sandbox,
+        )
     except addresses.InvalidAddressError as exc:
         raise errors.bad_request(
             f"Parameter 'Address' is invalid for binding type {binding_type}: {exc}",

@@ -27,6 +27,8 @@ class Runtime:
     # Webhook secrets that live outside the database, by the credential SID their URL names
     # (the sandbox's Twilio account); nothing else is looked up without an account.
     webhook_tokens: Mapping[str, str] = field(default_factory=dict)
+    # `clarion serve --sandbox`: the emulators' magic addresses are accepted.
+    sandbox: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -92,7 +92,7 @@ def _check_sms(sms: dict[str, Any]) -> None:
         raise errors.invalid_parameter("Sms", "'status_callback' must be an http or https URL")
 
 
-def _direct(form: Form) -> list[DirectAddress]:
+def _direct(form: Form, *, sandbox: bool) -> list[DirectAddress]:
     values = form.strings("ToBinding", max_items=MAX_TO_BINDINGS, max_length=8192)
     direct = []
     for index, text in enumerate(values):
@@ -107,7 +107,8 @@ def _direct(form: Form) -> list[DirectAddress]:
         try:
             direct.append(
                 DirectAddress(
-                    channel=binding_type, address=addresses.normalize(binding_type, address)
+                    channel=binding_type,
+                    address=addresses.normalize(binding_type, address, sandbox=sandbox),
                 )
             )
         except addresses.InvalidAddressError as exc:
@@ -136,7 +137,7 @@ async def create(request: Request) -> Response:
     service_sid = ctx.path_sid("ServiceSid", sids.SERVICE)
     form = await Form.from_body(request)
     targets = _targets(form)
-    direct = _direct(form)
+    direct = _direct(form, sandbox=runtime(request).sandbox)
     if direct and any(targets.values()):
         raise errors.bad_request(
             "Direct notifications and query notifications can not be requested together: "
