@@ -287,20 +287,26 @@ async def test_user_identity_with_metacharacters_round_trips_through_the_path(
     assert_twilio_error(wildcard, 404, 20404)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: %2F is decoded before routing, so /Users/{Identity} cannot hold a '/'",
-)
-async def test_user_url_of_an_identity_with_a_slash_can_be_followed(
-    api: httpx.AsyncClient, service_sid: str
+@pytest.mark.parametrize("identity", ["a/b", "a%2Fb", "a/Bindings", "50%", "ü/ß"])
+async def test_user_url_of_an_identity_with_a_slash_or_percent_can_be_followed(
+    api: httpx.AsyncClient, service_sid: str, identity: str
 ) -> None:
-    """Clarion returns the user's `url` with the identity escaped; that URL must work."""
-    created = await api.post(f"/v1/Services/{service_sid}/Users", data={"Identity": "a/b"})
+    """Clarion returns the user's `url` with the identity escaped; that URL must work, and
+    must reach that user only (`a/Bindings` is not user `a`'s binding list)."""
+    created = await api.post(f"/v1/Services/{service_sid}/Users", data={"Identity": identity})
     assert created.status_code == 201, created.text
+    binding = await api.post(
+        created.json()["links"]["bindings"],
+        data={"BindingType": "sms", "Address": "+14155550100"},
+    )
+    assert binding.status_code == 201, binding.text
 
     fetched = await api.get(created.json()["url"])
+    bindings = await api.get(created.json()["links"]["bindings"])
 
     assert fetched.status_code == 200, fetched.text
+    assert fetched.json()["identity"] == identity
+    assert [b["identity"] for b in bindings.json()["bindings"]] == [identity]
 
 
 # --- Oversized values -------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from urllib.parse import unquote
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -16,7 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from clarion import errors
 from clarion.api import bindings, callbacks, credentials, deliveries, notifications, services, users
 from clarion.api.auth import Authenticator
-from clarion.api.context import Runtime
+from clarion.api.context import Runtime, escape_segment
 from clarion.api.responses import error_response
 from clarion.store.database import Database
 from clarion.vault import Vault
@@ -60,6 +61,27 @@ ROUTES = [
     Route(USER + "/SegmentMemberships/{Segment}", users.fetch_membership, methods=["GET"]),
     Route(USER + "/SegmentMemberships/{Segment}", users.delete_membership, methods=["DELETE"]),
 ]
+
+
+class EncodedSlashes:
+    """Route on the path as the client encoded it, so `%2F` stays inside its segment.
+
+    A Twilio identity may contain `/`; its User URL then carries `%2F`, which ASGI servers
+    decode before routing, splitting the segment. Each raw segment is decoded here with only
+    `%` and `/` left escaped, so a route parameter holds exactly one segment; handlers read
+    text parameters through `Context.path_text`, which undoes that escaping.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = scope.get("raw_path") if scope["type"] == "http" else None
+        if raw:
+            segments = raw.decode("latin-1").split("?", 1)[0].split("/")
+            path = "/".join(escape_segment(unquote(segment)) for segment in segments)
+            scope = {**scope, "path": path}
+        await self.app(scope, receive, send)
 
 
 class JsonSuffix:
@@ -144,4 +166,5 @@ def create_app(
         sandbox=sandbox,
     )
     app.add_middleware(JsonSuffix)
+    app.add_middleware(EncodedSlashes)
     return app

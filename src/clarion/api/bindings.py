@@ -130,14 +130,14 @@ async def _create(ctx: Context, *, identity: str | None) -> Response:
         "credential_sid": credential_sid,
     }
     return json_response(
-        render(ctx, row, under_user=ctx.request.path_params.get("Identity") is not None), status=201
+        render(ctx, row, under_user=ctx.optional_path_text("Identity") is not None), status=201
     )
 
 
 async def list_(request: Request) -> Response:
     ctx = await authenticated(request)
     query = Form.from_query(request)
-    identity = request.path_params.get("Identity")
+    identity = ctx.optional_path_text("Identity")
     if identity is not None:
         identities = [identity_value("Identity", identity)]
     else:
@@ -185,7 +185,7 @@ async def fetch(request: Request) -> Response:
     ctx = await authenticated(request)
     service_sid = ctx.path_sid("ServiceSid", sids.SERVICE)
     sid = ctx.path_sid("Sid", sids.BINDING)
-    identity = request.path_params.get("Identity")
+    identity = ctx.optional_path_text("Identity")
 
     def load(conn: Connection) -> Any:
         service_id = services.resolve(conn, account_id=ctx.account_id, sid=service_sid)
@@ -199,7 +199,7 @@ async def delete(request: Request) -> Response:
     ctx = await authenticated(request)
     service_sid = ctx.path_sid("ServiceSid", sids.SERVICE)
     sid = ctx.path_sid("Sid", sids.BINDING)
-    identity = request.path_params.get("Identity")
+    identity = ctx.optional_path_text("Identity")
 
     def op(conn: Connection) -> None:
         service_id = services.resolve(conn, account_id=ctx.account_id, sid=service_sid)

@@ -54,7 +54,20 @@ class Context:
         return sids.normalize_sid(value)
 
     def path_text(self, name: str) -> str:
-        return str(self.request.path_params[name])
+        """A free-text URL parameter (an identity, a segment), `/` and `%` included."""
+        return unescape_segment(str(self.request.path_params[name]))
+
+    def optional_path_text(self, name: str) -> str | None:
+        return self.path_text(name) if name in self.request.path_params else None
+
+
+def escape_segment(text: str) -> str:
+    """One decoded URL segment with only `%` and `/` escaped (see api.app.EncodedSlashes)."""
+    return text.replace("%", "%25").replace("/", "%2F")
+
+
+def unescape_segment(text: str) -> str:
+    return text.replace("%2F", "/").replace("%25", "%")
 
 
 def runtime(request: Request) -> Runtime:
