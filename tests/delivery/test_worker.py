@@ -22,6 +22,7 @@ from sqlalchemy import Connection, insert, select, update
 from clarion import sids
 from clarion.channels.base import Message, Outcome, Result
 from clarion.delivery import payloads
+from clarion.delivery.breaker import THRESHOLD
 from clarion.delivery.channel_pool import Credential
 from clarion.delivery.wakeup import (
     LocalSignal,
@@ -54,8 +55,8 @@ TOKEN = "7e57" * 16  # "test"; other suites use their own tokens
 
 class ScriptedChannel:
     """A provider double. Addresses script the answer: `dead…` unregistered, `fail…` refused,
-    `retry…` throttled on the first attempt, `slow…` answered once `gate` opens; anything else
-    is accepted."""
+    `retry…` throttled on the first attempt, `down…` unavailable every time, `slow…` answered
+    once `gate` opens; anything else is accepted."""
 
     def __init__(self, *, expected: int = 0) -> None:
         self.messages: list[Message] = []
@@ -82,6 +83,8 @@ class ScriptedChannel:
             )
         if address.startswith("fail"):
             return Result(outcome=Outcome.FAILED, error_code="TopicDisallowed")
+        if address.startswith("down"):
+            return Result(outcome=Outcome.RETRY, error_code="ServiceUnavailable")
         if address.startswith("retry") and self.sent_to(address) == 1:
             return Result(outcome=Outcome.RETRY, retry_after=30, error_code="TooManyRequests")
         return Result(outcome=Outcome.ACCEPTED, provider_ref=f"ref-{message.key}")
@@ -413,6 +416,28 @@ async def test_a_throttled_send_is_retried_later_with_the_same_key(
     assert str(uuid.UUID(first.key)) == first.key  # APNs wants a UUID for apns-id
     assert [kind for kind, _ in await events_of(setup.database, row["id"])] == ["retry", "sent"]
     assert await status_of(setup.database, notification_id) == "completed"
+
+
+async def test_an_outage_opens_the_breaker_and_holds_deliveries_without_using_attempts(
+    setup: Setup, worker: Worker
+) -> None:
+    addresses = [f"down{n:02d}" + TOKEN[6:] for n in range(THRESHOLD + 5)]
+    notification_id = await notify(setup, direct=[("apn", a) for a in addresses])
+    await worker.dispatch_once()  # every send fails: the breaker opens
+    assert len(setup.channel.messages) == len(addresses)
+
+    setup.clock.advance(minutes=20)  # every retry is due, and the breaker may probe
+    await worker.dispatch_once()
+
+    assert len(setup.channel.messages) == len(addresses) + 1  # one probe, the rest held
+    rows = (await deliveries_of(setup.database, notification_id)).values()
+    assert all(row["status"] == "pending" for row in rows)
+    attempts = sorted(row["attempts"] for row in rows)
+    assert attempts == [1] * (len(addresses) - 1) + [2]  # held ones gave their attempt back
+    for row in rows:
+        if row["attempts"] == 1:
+            events = await events_of(setup.database, row["id"])
+            assert [kind for kind, _ in events] == ["retry", "held"]
 
 
 async def test_a_retry_that_cannot_happen_before_the_ttl_expires_the_delivery(

@@ -3,17 +3,19 @@
 Every way a delivery can end is decided here, from the channel's four-word vocabulary
 (clarion.channels.base.Outcome), and handed to the store as a `Completion`:
 
-| What happened                          | Delivery becomes                 | Event          |
-|----------------------------------------|----------------------------------|----------------|
-| TTL passed before the send             | expired (never sent)             | expired        |
-| no credential for the channel          | failed, 52002 (SMS: 52182)       | failed         |
-| content has nothing this channel sends | failed, the payload's Notify code| failed         |
-| ACCEPTED                               | sent, with the provider's id     | sent           |
-| RETRY                                  | pending at the backoff time      | retry          |
-| RETRY, no attempt left before the TTL  | expired                          | expired        |
-| RETRY, attempts exhausted              | failed                           | failed         |
-| DEAD_ADDRESS                           | failed, binding retired          | dead_address   |
-| FAILED                                 | failed                           | failed         |
+| What happened                          | Delivery becomes                      | Event        |
+|----------------------------------------|---------------------------------------|--------------|
+| TTL passed before the send             | expired (never sent)                  | expired      |
+| no credential for the channel          | failed, 52002 (SMS: 52182)            | failed       |
+| content has nothing this channel sends | failed, the payload's Notify code     | failed       |
+| the credential's circuit breaker open  | pending until the next probe, attempt | held         |
+|                                        | given back (clarion.delivery.breaker) |              |
+| ACCEPTED                               | sent, with the provider's id          | sent         |
+| RETRY                                  | pending at the backoff time           | retry        |
+| RETRY, no attempt left before the TTL  | expired                               | expired      |
+| RETRY, attempts exhausted              | failed                                | failed       |
+| DEAD_ADDRESS                           | failed, binding retired               | dead_address |
+| FAILED                                 | failed                                | failed       |
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from clarion import errors
 from clarion.channels.base import Message, Outcome, Result
 from clarion.delivery import payloads, retry
+from clarion.delivery.breaker import CircuitBreaker
 from clarion.delivery.channel_pool import ChannelPool, ChannelUnavailableError, Fallback
 from clarion.store.queue import ClaimedDelivery, Completion, NotificationWork
 
@@ -52,6 +55,8 @@ class Dispatcher:
     ) -> None:
         self._pool = pool
         self._fallback = fallback
+        # One per credential id (or, for fallback channels, per binding type).
+        self._breakers: dict[int | str, CircuitBreaker] = {}
         self._clock = clock
         self._rng = rng
         self._payloads: dict[tuple[int, str], dict[str, Any] | payloads.PayloadError] = {}
@@ -98,6 +103,19 @@ class Dispatcher:
                 channel = await self._pool.get(item.credential_id)
             except ChannelUnavailableError as exc:
                 return _final(item, "failed", error_code=exc.code, error_message=exc.message)
+        breaker = self._breakers.setdefault(
+            item.credential_id or item.channel, CircuitBreaker(clock=self._seconds)
+        )
+        hold = breaker.hold_for()
+        if hold is not None:
+            return _final(
+                item,
+                "pending",
+                event="held",
+                error_message="the provider has been failing: waiting before trying it again",
+                next_attempt_at=self._clock() + timedelta(seconds=hold),
+                refund_attempt=True,
+            )
         message = Message(
             key=delivery_key(work.sid, item.id),
             address=item.address,
@@ -113,7 +131,12 @@ class Dispatcher:
             # may or may not have left, so it is retried like a lost connection.
             log.exception("channel %s raised instead of answering", type(channel).__name__)
             result = Result(outcome=Outcome.RETRY, error_message=f"internal error: {exc!r}")
+        breaker.record(result.outcome)
         return self._completion(item, work, result)
+
+    def _seconds(self) -> float:
+        """The dispatcher's clock as seconds, for the breakers (tests move both at once)."""
+        return self._clock().timestamp()
 
     def _payload(
         self, work: NotificationWork, channel: str
@@ -185,6 +208,7 @@ def _final(
     error_message: str | None = None,
     next_attempt_at: datetime | None = None,
     retire_binding_id: int | None = None,
+    refund_attempt: bool = False,
 ) -> Completion:
     """The completion of `item`; the provider's `result`, when there is one, says the rest."""
     detail: dict[str, Any] = {"attempt": item.attempts}
@@ -204,4 +228,5 @@ def _final(
         error_message=error_message,
         detail=detail,
         retire_binding_id=retire_binding_id,
+        refund_attempt=refund_attempt,
     )

@@ -24,6 +24,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     DateTime,
+    Integer,
     Select,
     String,
     Text,
@@ -249,6 +250,8 @@ class Completion:
     detail: dict[str, Any] = field(default_factory=dict)
     # The provider said the address is dead: this binding is retired in the same transaction.
     retire_binding_id: int | None = None
+    # Never sent (e.g. held back by an open circuit breaker): the claim's attempt is given back.
+    refund_attempt: bool = False
 
 
 # SQLite: one writer, so the owner check cannot go stale before the per-row updates.
@@ -257,6 +260,7 @@ _APPLY = (
     .where(delivery.c.id == bindparam("b_id"))
     .values(
         status=bindparam("b_status", type_=String),
+        attempts=delivery.c.attempts - bindparam("b_refund", type_=Integer),
         next_attempt_at=bindparam("b_next", type_=DateTime),
         lease_owner=None,
         lease_expires_at=None,
@@ -273,6 +277,7 @@ _APPLY_ARRAYS = text(
     """
     UPDATE delivery AS d
        SET status = r.status,
+           attempts = d.attempts - r.refund,
            next_attempt_at = r.next_attempt_at,
            provider_ref = r.provider_ref,
            error_code = r.error_code,
@@ -280,14 +285,15 @@ _APPLY_ARRAYS = text(
            lease_owner = NULL,
            lease_expires_at = NULL,
            date_updated = :now
-      FROM unnest(:ids, :statuses, :nexts, :refs, :codes, :messages)
-           AS r (id, status, next_attempt_at, provider_ref, error_code, error_message)
+      FROM unnest(:ids, :statuses, :refunds, :nexts, :refs, :codes, :messages)
+           AS r (id, status, refund, next_attempt_at, provider_ref, error_code, error_message)
      WHERE d.id = r.id AND d.lease_owner = :owner AND d.status = 'sending'
     RETURNING d.id
     """
 ).bindparams(
     bindparam("ids", type_=ARRAY(BigInteger)),
     bindparam("statuses", type_=ARRAY(String)),
+    bindparam("refunds", type_=ARRAY(Integer)),
     bindparam("nexts", type_=ARRAY(DateTime)),
     bindparam("refs", type_=ARRAY(String)),
     bindparam("codes", type_=ARRAY(String)),
@@ -332,6 +338,7 @@ def complete_deliveries(
                 {
                     "ids": [c.delivery_id for c in completions],
                     "statuses": [c.status for c in completions],
+                    "refunds": [int(c.refund_attempt) for c in completions],
                     "nexts": [c.next_attempt_at or now for c in completions],
                     "refs": [c.provider_ref for c in completions],
                     "codes": [c.error_code for c in completions],
@@ -360,6 +367,7 @@ def complete_deliveries(
                     {
                         "b_id": c.delivery_id,
                         "b_status": c.status,
+                        "b_refund": int(c.refund_attempt),
                         "b_next": c.next_attempt_at or now,
                         "b_ref": c.provider_ref,
                         "b_code": c.error_code,
