@@ -55,6 +55,8 @@ FIELDS = {
     "facebook_messenger_credential_sid",
     "webpush_credential_sid",
     "email_credential_sid",
+    # …and the default failover policy.
+    "failover",
 }
 
 

@@ -24,6 +24,7 @@ from clarion.channels.base import Message, Outcome, Result
 from clarion.delivery import payloads
 from clarion.delivery.breaker import THRESHOLD
 from clarion.delivery.channel_pool import Credential
+from clarion.delivery.receipts import ReceiptTokens
 from clarion.delivery.wakeup import (
     LocalSignal,
     PostgresLeader,
@@ -315,8 +316,11 @@ async def test_a_tag_notification_is_fanned_out_sent_and_completed(
     assert {row["status"] for row in rows.values()} == {"sent"}
     assert {m.address for m in setup.channel.messages} == set(rows)
     message = setup.channel.messages[0]
-    assert message.payload == payloads.build("apn", {"title": "Hi", "body": "Hello there"})
     row = rows[message.address]
+    receipt = ReceiptTokens(setup.vault).mint(row["id"])
+    assert message.payload == payloads.build(
+        "apn", {"title": "Hi", "body": "Hello there"}, receipt=receipt
+    )
     assert message.priority == "high"
     expires_at = await setup.database.read(
         lambda conn: conn.scalar(

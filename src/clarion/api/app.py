@@ -15,7 +15,16 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from clarion import errors
-from clarion.api import bindings, callbacks, credentials, deliveries, notifications, services, users
+from clarion.api import (
+    bindings,
+    callbacks,
+    credentials,
+    deliveries,
+    notifications,
+    receipts,
+    services,
+    users,
+)
 from clarion.api.auth import Authenticator
 from clarion.api.context import Runtime, escape_segment
 from clarion.api.responses import error_response
@@ -48,6 +57,7 @@ ROUTES = [
     Route(SERVICE + "/Notifications/{Sid}", notifications.fetch, methods=["GET"]),
     Route(NOTIFICATION + "/Deliveries", deliveries.list_, methods=["GET"]),
     Route(NOTIFICATION + "/Deliveries/{Sid}", deliveries.fetch, methods=["GET"]),
+    Route(NOTIFICATION + "/Receipts", receipts.create, methods=["POST"]),
     Route(SERVICE + "/Segments", users.list_segments, methods=["GET"]),
     Route(SERVICE + "/Users", users.list_, methods=["GET"]),
     Route(SERVICE + "/Users", users.create, methods=["POST"]),

@@ -42,6 +42,13 @@ def render(
         "error_code": row["error_code"],
         "error_message": row["error_message"],
         "failover_of": None if failover_of is None else sids.row_sid(sids.DELIVERY, failover_of),
+        # Failover (clarion.store.failover): the index of the delivery's group in the policy and
+        # why the identity's chain moved on to it; null without failover.
+        "failover_step": row["failover_step"],
+        "failover_reason": row["failover_reason"],
+        # The app's receipts: null, delivered or opened, and when the first one came.
+        "receipt_state": row["receipt_state"],
+        "date_confirmed": timestamp(row["date_confirmed"]),
         "date_created": timestamp(row["date_created"]),
         "date_updated": timestamp(row["date_updated"]),
         "url": ctx.url(

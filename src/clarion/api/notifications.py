@@ -6,6 +6,7 @@ and all the work it implies are committed together, or not at all (§4.4).
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 from typing import Any
 
@@ -13,12 +14,12 @@ from sqlalchemy import Connection
 from starlette.requests import Request
 from starlette.responses import Response
 
-from clarion import addresses, errors, sids
+from clarion import addresses, errors, failover_policy, sids
 from clarion.api.bindings import IDENTITY_MAX, TAG_MAX, identity_value
 from clarion.api.context import Context, authenticated, runtime
 from clarion.api.form import Form, parse_json_object
 from clarion.api.responses import json_response, timestamp
-from clarion.store import deliveries, notifications, services
+from clarion.store import callbacks, deliveries, failover, notifications, services
 from clarion.store.notifications import DirectAddress, NewNotification
 
 MAX_IDENTITIES = 20
@@ -121,6 +122,22 @@ def _direct(form: Form, *, sandbox: bool) -> list[DirectAddress]:
     return direct
 
 
+def _failover(form: Form, *, direct: bool) -> tuple[bool, dict[str, Any] | None]:
+    """Whether the notification chose its failover policy (`Failover`), and which: a policy,
+    or None for `off`. Unchosen, a query notification gets its service's."""
+    text = form.string(failover_policy.PARAMETER)
+    if text is None:
+        return False, None
+    policy = failover_policy.parse(text)
+    if policy is not None and direct:
+        raise errors.invalid_parameter(
+            failover_policy.PARAMETER,
+            "ToBinding addresses have no identity to fail over for: target Identity, Tag or "
+            "Segment instead",
+        )
+    return True, None if policy is None else policy.to_json()
+
+
 def _targets(form: Form) -> dict[str, list[str]]:
     return {
         "identities": [
@@ -151,6 +168,7 @@ async def create(request: Request) -> Response:
         form.choice("Priority", ("high", "low", "HIGH", "LOW", "High", "Low")) or "high"
     ).lower()
     ttl = form.integer("Ttl", minimum=0, maximum=MAX_TTL)
+    chosen, policy = _failover(form, direct=bool(direct))
     new = NewNotification(
         targets=targets,
         content=_content(form),
@@ -158,11 +176,17 @@ async def create(request: Request) -> Response:
         ttl=MAX_TTL if ttl is None else ttl,
         delivery_callback_url=form.url("DeliveryCallbackUrl"),
         direct=direct,
+        failover=policy,
     )
 
     def op(conn: Connection) -> notifications.Created:
         service_id = services.resolve(conn, account_id=ctx.account_id, sid=service_sid)
-        return notifications.create(conn, service_id=service_id, new=new)
+        if chosen or direct:
+            return notifications.create(conn, service_id=service_id, new=new)
+        default = failover.service_default(conn, service_id=service_id)
+        return notifications.create(
+            conn, service_id=service_id, new=dataclasses.replace(new, failover=default)
+        )
 
     created = await ctx.database.write(op)
     runtime(request).on_enqueued()
@@ -189,9 +213,10 @@ async def fetch(request: Request) -> Response:
 
     def load(conn: Connection) -> Any:
         service_id = services.resolve(conn, account_id=ctx.account_id, sid=service_sid)
-        return deliveries.notification_with_counts(conn, service_id=service_id, sid=sid)
+        row, counts = deliveries.notification_with_counts(conn, service_id=service_id, sid=sid)
+        return row, counts, callbacks.state(conn, notification_id=row["id"])
 
-    row, counts = await ctx.database.read(load)
+    row, counts, callback = await ctx.database.read(load)
     by_status: dict[str, int] = {}
     for statuses in counts.values():
         for status, count in statuses.items():
@@ -212,6 +237,14 @@ async def fetch(request: Request) -> Response:
             "status": row["status"],
             "date_completed": timestamp(row["date_completed"]),
             "delivery_callback_url": row["delivery_callback_url"],
+            # Where the delivery callback goes and how it fared (clarion.delivery.callbacks).
+            "delivery_callback": {
+                "url": callback.url,
+                "status": callback.status,
+                "attempts": callback.attempts,
+                "last_error": callback.last_error,
+                "batches_sent": callback.batches_sent,
+            },
             "deliveries": {"total": sum(by_status.values()), **by_status},
             "deliveries_by_channel": counts,
             "url": ctx.url(path),

@@ -9,7 +9,7 @@ from sqlalchemy.engine import RowMapping
 from starlette.requests import Request
 from starlette.responses import Response
 
-from clarion import errors, sids
+from clarion import errors, failover_policy, sids
 from clarion.api.context import Context, authenticated
 from clarion.api.form import Form
 from clarion.api.paging import page_body, page_request
@@ -79,6 +79,8 @@ def render(ctx: Context, row: RowMapping) -> dict[str, Any]:
         "facebook_messenger_credential_sid": row["facebook_messenger_credential_sid"],
         "webpush_credential_sid": row["webpush_credential_sid"],
         "email_credential_sid": row["email_credential_sid"],
+        # Extension: the default failover policy of its notifications (None: no failover).
+        "failover": row["failover"],
     }
 
 
@@ -101,6 +103,11 @@ def _settings(form: Form) -> tuple[dict[str, Any], dict[str, tuple[str | None, s
         values["messaging_service_sid"] = form.sid("MessagingServiceSid", sids.MESSAGING_SERVICE)
     if form.has("DeliveryCallbackUrl"):
         values["delivery_callback_url"] = form.url("DeliveryCallbackUrl")
+    if form.has(failover_policy.PARAMETER):
+        # "" (or "off") clears the default; a notification can still ask for a policy.
+        text = form.string(failover_policy.PARAMETER, max_length=4096)
+        policy = failover_policy.parse(text) if text else None
+        values["failover"] = None if policy is None else policy.to_json()
     references = {
         name: (form.sid(name, sids.CREDENTIAL), channel)
         for name, (_, channel) in CREDENTIAL_PARAMETERS.items()

@@ -49,11 +49,14 @@ class Dispatcher:
         self,
         pool: ChannelPool,
         *,
+        receipt: Callable[[int], str],
         clock: Callable[[], datetime],
         rng: random.Random | None = None,
         fallback: Fallback = lambda _channel: None,
     ) -> None:
         self._pool = pool
+        # A delivery id's receipt token (clarion.delivery.receipts), for the push payloads.
+        self._receipt = receipt
         self._fallback = fallback
         # One per credential id (or, for fallback channels, per binding type).
         self._breakers: dict[int | str, CircuitBreaker] = {}
@@ -116,6 +119,8 @@ class Dispatcher:
                 next_attempt_at=self._clock() + timedelta(seconds=hold),
                 refund_attempt=True,
             )
+        if item.channel in payloads.RECEIPT_CHANNELS:
+            payload = payloads.with_receipt(item.channel, payload, self._receipt(item.id))
         message = Message(
             key=delivery_key(work.sid, item.id),
             address=item.address,

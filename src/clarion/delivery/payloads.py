@@ -58,6 +58,8 @@ _Translate = Callable[[Any], dict[str, Any]]
 # Clarion's reserved `twi_` key carrying the per-delivery receipt token (issue 4): the app
 # posts it back to confirm receipt. Callers cannot send it (api/notifications.py rejects twi_).
 RECEIPT_KEY = "twi_receipt"
+# The channels whose payload carries it (the table above).
+RECEIPT_CHANNELS = frozenset({"apn", "fcm", "gcm", "webpush"})
 
 # Codes for a notification that carries nothing a channel can send (twilio-notify.md §7).
 MISSING_APNS_PAYLOAD = 52136
@@ -108,6 +110,19 @@ def build(
             errors.INVALID_BINDING, f"Clarion cannot deliver to '{binding_type}' bindings"
         )
     return builder(content, receipt)
+
+
+def with_receipt(binding_type: str, payload: dict[str, Any], receipt: str) -> dict[str, Any]:
+    """`build(binding_type, content, receipt=receipt)`, from the payload built without one.
+
+    The dispatcher builds a notification's payload once per channel and adds each delivery's
+    token here: one shallow copy (two for FCM's `data`), the shared payload left untouched.
+    """
+    if binding_type in ("fcm", "gcm"):
+        return {**payload, "data": {**payload.get("data", {}), RECEIPT_KEY: receipt}}
+    if binding_type in RECEIPT_CHANNELS:
+        return {**payload, RECEIPT_KEY: receipt}
+    return payload
 
 
 def _apn(content: Mapping[str, Any], receipt: str | None) -> dict[str, Any]:

@@ -3,13 +3,15 @@
 One `Worker` per process (`clarion serve` embeds one; `clarion worker` is nothing else), any
 number of them on one PostgreSQL. It runs four tasks:
 
-- the job loop claims `fanout` jobs and expands them (clarion.delivery.fanout);
+- the job loop claims `fanout` jobs and expands them (clarion.delivery.fanout), and
+  `delivery_callback` jobs and posts them (clarion.delivery.callbacks);
 - the delivery loop claims batches of due deliveries while fewer than `max_in_flight` are out,
   and starts one send per delivery (clarion.delivery.dispatcher);
 - the flush loop writes finished sends back in one transaction per batch, guarded by the lease,
   and only then frees their room: results never pile up faster than they are stored;
-- the sweep loop, on the leader only, returns expired leases, expires overdue deliveries and
-  completes finished notifications.
+- the sweep loop, on the leader only, returns expired leases, expires overdue deliveries, moves
+  on the failover chains whose wait ran out (clarion.delivery.failover) and completes finished
+  notifications.
 
 Claim loops wait on the wake-up signal (clarion.delivery.wakeup), polling with a back-off from
 `poll_min` to `poll_max` seconds. `stop()` is graceful: no new claims, sends in flight get
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-from clarion.delivery import fanout
+from clarion.delivery import callbacks, failover, fanout
 from clarion.delivery.channel_pool import (
     REFRESH_INTERVAL,
     ChannelFactory,
@@ -40,7 +42,9 @@ from clarion.delivery.channel_pool import (
     Fallback,
 )
 from clarion.delivery.dispatcher import Dispatcher
+from clarion.delivery.receipts import ReceiptTokens
 from clarion.delivery.wakeup import LeaderLock, WorkSignal
+from clarion.store import callbacks as store_callbacks
 from clarion.store import queue
 from clarion.store.clock import utcnow
 from clarion.store.database import Database
@@ -70,6 +74,8 @@ class WorkerConfig:
     stop_timeout: float = 10.0
     # How soon an edited credential's new secret is used, in seconds.
     credential_refresh: float = REFRESH_INTERVAL
+    # Seconds an application's delivery callback endpoint gets to answer one batch.
+    callback_timeout: float = callbacks.TIMEOUT
 
 
 def worker_name() -> str:
@@ -104,11 +110,24 @@ class Worker:
             vault=vault,
             refresh_interval=self._config.credential_refresh,
         )
-        self._dispatcher = Dispatcher(self._pool, clock=clock, rng=rng, fallback=fallback)
-        self._handlers: dict[str, Callable[[ClaimedJob], Awaitable[None]]] = {
-            "fanout": self._fanout
-        }
+        self._dispatcher = Dispatcher(
+            self._pool, receipt=ReceiptTokens(vault).mint, clock=clock, rng=rng, fallback=fallback
+        )
         self._stopping = asyncio.Event()
+        self._callbacks = callbacks.DeliveryCallbacks(
+            database,
+            vault=vault,
+            owner=self.name,
+            clock=clock,
+            lease=self._config.lease,
+            stopping=self._stopping.is_set,
+            timeout=self._config.callback_timeout,
+            rng=rng,
+        )
+        self._handlers: dict[str, Callable[[ClaimedJob], Awaitable[None]]] = {
+            "fanout": self._fanout,
+            store_callbacks.KIND: self._callbacks.run,
+        }
         self._closing = False
         self._loops: list[asyncio.Task[None]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -151,6 +170,7 @@ class Worker:
         else:
             await self._flush()
         await self._pool.close()
+        await self._callbacks.close()
 
     # -- steps (the loops below repeat them; tests drive them one at a time) ---------------
 
@@ -170,15 +190,17 @@ class Worker:
         return claimed
 
     async def sweep_once(self) -> queue.Swept:
-        """The leader's chores, once: expired leases, overdue deliveries, finished notifications."""
+        """The leader's chores, once: expired leases, overdue deliveries, failover timers that
+        ran out, finished notifications."""
         now = self._clock()
         swept = await self._database.transaction(
             functools.partial(queue.sweep_expired_leases, now=now)
         )
         while await self._database.transaction(functools.partial(queue.expire_overdue, now=now)):
             pass
+        fired = await failover.fire_due(self._database, now=now)
         await self._database.transaction(functools.partial(queue.complete_notifications, now=now))
-        if swept.deliveries or swept.jobs:
+        if swept.deliveries or swept.jobs or fired:
             self._signal.notify()
         return swept
 

@@ -4,10 +4,11 @@ deliveries, never loaded whole (a notification may have hundreds of thousands)."
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, ScalarSelect, func, insert, select, update
 from sqlalchemy.engine import RowMapping
 
 from clarion import errors
@@ -27,6 +28,20 @@ _NOTIFICATION = select(
     notification.c.date_completed,
 )
 
+# Receipts (issue 4): a device app's word that a push arrived or was opened, one event each.
+RECEIPT_STATES = ("delivered", "opened")
+_RECEIPT_STATE = delivery_event.c.detail["state"].as_string()
+
+
+def _of_receipts(aggregate: ColumnElement[Any]) -> ScalarSelect[Any]:
+    """`aggregate` over the receipts of the delivery row beside it (an index range per row)."""
+    return (
+        select(aggregate)
+        .where(delivery_event.c.delivery_id == delivery.c.id, delivery_event.c.kind == "receipt")
+        .scalar_subquery()
+    )
+
+
 _DELIVERY = select(
     delivery.c.id,
     binding.c.sid.label("binding_sid"),
@@ -39,8 +54,13 @@ _DELIVERY = select(
     delivery.c.error_code,
     delivery.c.error_message,
     delivery.c.failover_of,
+    delivery.c.failover_step,
+    delivery.c.failover_reason,
     delivery.c.date_created,
     delivery.c.date_updated,
+    # "opened" sorts after "delivered": the furthest state reported is the greatest.
+    _of_receipts(func.max(_RECEIPT_STATE)).label("receipt_state"),
+    _of_receipts(func.min(delivery_event.c.at)).label("date_confirmed"),
 ).select_from(delivery.outerjoin(binding, binding.c.id == delivery.c.binding_id))
 
 
@@ -158,3 +178,68 @@ def record_provider_report(
             values |= {"error_code": error_code, "error_message": error_message}
         conn.execute(update(delivery).where(delivery.c.id == row.id).values(**values))
     return True
+
+
+@dataclass(frozen=True, kw_only=True)
+class Receipt:
+    """A recorded receipt: the same answer however often the app sends it."""
+
+    delivery_id: int
+    state: str
+    date_created: datetime
+    # The delivery's first receipt: the moment it became confirmed.
+    first: bool
+
+
+def record_receipt(
+    conn: Connection,
+    *,
+    service_sid: str,
+    notification_sid: str,
+    delivery_id: int,
+    state: str,
+    now: datetime,
+) -> Receipt:
+    """Record that the app got (`delivered`) or opened (`opened`) delivery `delivery_id`.
+
+    Not found unless the delivery is one of that notification of that service. Each state is
+    recorded once; a repeat answers with the first record. A `sent` delivery becomes
+    `delivered` (opened implies delivered); no other status changes: never backwards, and a
+    receipt after the delivery failed or expired goes into its history only.
+    """
+    status = conn.scalar(
+        select(delivery.c.status)
+        .select_from(delivery.join(notification).join(service))
+        .where(
+            delivery.c.id == delivery_id,
+            notification.c.sid == notification_sid,
+            service.c.sid == service_sid,
+        )
+        # Copies of one receipt arriving at once queue here, so each state is recorded once.
+        .with_for_update(of=delivery)
+    )
+    if status is None:
+        raise errors.not_found()
+    earlier: dict[str, datetime] = {}
+    for detail, at in conn.execute(
+        select(delivery_event.c.detail, delivery_event.c.at)
+        .where(delivery_event.c.delivery_id == delivery_id, delivery_event.c.kind == "receipt")
+        .order_by(delivery_event.c.id)
+    ):
+        earlier.setdefault(detail["state"], at)
+    if state in earlier:
+        return Receipt(
+            delivery_id=delivery_id, state=state, date_created=earlier[state], first=False
+        )
+    conn.execute(
+        insert(delivery_event).values(
+            delivery_id=delivery_id, at=now, kind="receipt", detail={"state": state}
+        )
+    )
+    if status in REPORTABLE["delivered"]:
+        conn.execute(
+            update(delivery)
+            .where(delivery.c.id == delivery_id)
+            .values(status="delivered", date_updated=now)
+        )
+    return Receipt(delivery_id=delivery_id, state=state, date_created=now, first=not earlier)

@@ -5,6 +5,10 @@ Each chunk is one transaction that inserts the deliveries of the next bindings i
 the job's cursor past them. A worker that dies mid-fan-out loses at most the chunk it was
 writing; whoever resumes starts from the cursor, and the unique (notification, channel, address)
 constraint absorbs anything written twice. No binding ever passes through Python.
+
+With a failover policy, a chunk starts the failover chains of the identities its bindings belong
+to instead (clarion.store.failover): the same keyset walk, the same crash safety (a chain is
+unique per notification and identity).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from sqlalchemy import (
     update,
 )
 
-from clarion.store import queue
+from clarion.store import failover, queue
 from clarion.store.bindings import has_tag
 from clarion.store.dialect import insert_or_ignore
 from clarion.store.notifications import PRIORITY_RANK
@@ -96,6 +100,7 @@ def expand_chunk(
             notification.c.targets,
             notification.c.priority,
             notification.c.status,
+            notification.c.failover,
         ).where(notification.c.id == job.c.notification_id, job.c.id == job_id)
     ).one()
     if note.status == "queued":
@@ -114,13 +119,22 @@ def expand_chunk(
     ).one()
     inserted = 0
     if count:
-        inserted = _insert_deliveries(
-            conn,
-            notification_id=note.id,
-            priority=PRIORITY_RANK[note.priority],
-            now=now,
-            conditions=[*conditions, binding.c.id > after, binding.c.id <= last],
-        )
+        chunk = [*conditions, binding.c.id > after, binding.c.id <= last]
+        if note.failover is not None:
+            inserted = failover.start(
+                conn,
+                notification_id=note.id,
+                identities=select(binding.c.identity).distinct().where(*chunk),
+                now=now,
+            )
+        else:
+            inserted = _insert_deliveries(
+                conn,
+                notification_id=note.id,
+                priority=PRIORITY_RANK[note.priority],
+                now=now,
+                conditions=chunk,
+            )
     if count < chunk_size:
         queue.finish_job(conn, job_id=job_id, owner=owner)
         _set_status(conn, note.id, "dispatched")

@@ -40,6 +40,9 @@ class NewNotification:
     ttl: int
     delivery_callback_url: str | None
     direct: Sequence[DirectAddress]
+    # The failover policy resolved for it (clarion.failover_policy, as JSON), None for none.
+    # Ignored for a direct notification: its addresses have no identity to fail over for.
+    failover: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,6 +71,7 @@ def create(conn: Connection, *, service_id: int, new: NewNotification) -> Create
             "ttl": new.ttl,
             "expires_at": now + timedelta(seconds=new.ttl),
             "delivery_callback_url": new.delivery_callback_url,
+            "failover": None if new.direct else new.failover,
             "status": "queued",
             "date_created": now,
         },

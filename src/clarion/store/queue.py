@@ -40,6 +40,7 @@ from sqlalchemy import (
 )
 
 from clarion.credential_types import CHANNEL_CREDENTIAL_TYPES
+from clarion.store import callbacks, failover
 from clarion.store.tables import (
     binding,
     credential,
@@ -381,6 +382,10 @@ def complete_deliveries(
     retired = {c.retire_binding_id: c for c in applied if c.retire_binding_id is not None}
     if retired:
         _retire_bindings(conn, now=now, retired=retired)
+    # Failover moves on at once from a group whose deliveries have now all failed.
+    failover.after_failures(
+        conn, now=now, delivery_ids=[c.delivery_id for c in applied if c.status in failover.ENDED]
+    )
     return owned
 
 
@@ -447,6 +452,7 @@ def _retire_bindings(conn: Connection, *, now: datetime, retired: Mapping[int, C
             .returning(delivery.c.id, delivery.c.notification_id)
         ).all()
         _record(conn, now, [(row.id, "binding_retired", None) for row in orphans])
+        failover.after_failures(conn, now=now, delivery_ids=[row.id for row in orphans])
         complete_notifications(conn, now=now, ids={row.notification_id for row in orphans})
 
 
@@ -566,8 +572,9 @@ def complete_notifications(
 ) -> list[int]:
     """Mark `completed` the notifications (all open ones by default) with no work left.
 
-    No work left: no fan-out job still to run and no delivery pending or being sent. A direct
-    (ToBinding) notification stays `queued` until then, since its deliveries exist from the start.
+    No work left: no fan-out job still to run, no delivery pending or being sent, no failover
+    chain waiting (clarion.store.failover). A direct (ToBinding) notification stays `queued`
+    until then, since its deliveries exist from the start.
     """
     if ids is not None and not ids:
         return []
@@ -579,11 +586,15 @@ def complete_notifications(
         _status(delivery.c.status, *OPEN_DELIVERY),
     )
     condition = and_(
-        _status(notification.c.status, *OPEN_NOTIFICATION), not_(open_job), not_(open_delivery)
+        _status(notification.c.status, *OPEN_NOTIFICATION),
+        not_(open_job),
+        not_(open_delivery),
+        # A failover chain still waiting for a confirmation may yet send on its next group.
+        not_(failover.waiting(notification.c.id)),
     )
     if ids is not None:
         condition = and_(condition, notification.c.id.in_(ids))
-    return list(
+    completed = list(
         conn.scalars(
             update(notification)
             .where(condition)
@@ -591,6 +602,9 @@ def complete_notifications(
             .returning(notification.c.id)
         )
     )
+    # In the same transaction: a completed notification always has its callback queued.
+    callbacks.enqueue(conn, now=now, notification_ids=completed)
+    return completed
 
 
 # ---------------------------------------------------------------------------------------------

@@ -133,6 +133,8 @@ service = Table(
     Column("alexa_skill_id", String(128), nullable=True),
     Column("delivery_callback_url", String(2048), nullable=True),
     Column("delivery_callback_enabled", Boolean, nullable=False),
+    # The default failover policy of its notifications (clarion.failover_policy), or null.
+    Column("failover", JSON, nullable=True),
     _created(),
     _updated(),
 )
@@ -218,6 +220,8 @@ notification = Table(
     Column("ttl", Integer, nullable=False),
     Column("expires_at", DateTime(), nullable=False),
     Column("delivery_callback_url", String(2048), nullable=True),
+    # The failover policy it was sent with (its own, else its service's then), or null: none.
+    Column("failover", JSON, nullable=True),
     # queued → fanning_out → dispatched → completed (every delivery final), or failed when its
     # fan-out gave up. A direct (ToBinding) notification has its deliveries from the start.
     Column("status", String(16), nullable=False),
@@ -291,7 +295,11 @@ delivery = Table(
     # A Notify code ("52002") or the provider's own ("Unregistered", "21211").
     Column("error_code", String(64), nullable=True),
     Column("error_message", Text, nullable=True),
+    # Failover (clarion.store.failover): the delivery of the identity's previous group this one
+    # follows, the index of its group in the policy, and why the chain moved on to it.
     Column("failover_of", ForeignKey("delivery.id", ondelete="SET NULL"), nullable=True),
+    Column("failover_step", Integer, nullable=True),
+    Column("failover_reason", String(16), nullable=True),
     _created(),
     _updated(),
     UniqueConstraint("notification_id", "channel", "address"),
@@ -330,6 +338,58 @@ delivery = Table(
         "credential_id",
         postgresql_where=text("credential_id IS NOT NULL"),
         sqlite_where=text("credential_id IS NOT NULL"),
+    ),
+    # One identity's deliveries of one failover step: has every one failed, which came first.
+    Index(
+        "ix_delivery_failover",
+        "notification_id",
+        "identity",
+        "failover_step",
+        postgresql_where=text("failover_step IS NOT NULL"),
+        sqlite_where=text("failover_step IS NOT NULL"),
+    ),
+)
+
+# One identity's way through a notification's failover policy: which group it is on, until a
+# confirmation (confirmed) or the end of the list (exhausted). Waiting chains are the timers.
+failover_chain = Table(
+    "failover_chain",
+    metadata,
+    _id(),
+    Column("notification_id", ForeignKey("notification.id", ondelete="CASCADE"), nullable=False),
+    Column("identity", String(256), nullable=False),
+    # Index of the current group in the policy's channels; only ever grows. The number of
+    # groups once none is left.
+    Column("step", Integer, nullable=False),
+    # waiting → confirmed | exhausted
+    Column("status", String(16), nullable=False),
+    # When it moves on without a confirmation: set exactly while it is waiting, so the partial
+    # indexes below say "waiting" without naming the status (queries by id then never mistake
+    # them for a way to find a few waiting chains among many).
+    Column("deadline", DateTime(), nullable=True),
+    # Why it left its previous group: no_binding | dead_token | failed | no_receipt.
+    Column("reason", String(16), nullable=True),
+    # A delivery of the previous group: what the current group's deliveries are a failover of.
+    # No foreign key (nor the index one would need): the chain goes with its deliveries.
+    Column("failover_of", Id, nullable=True),
+    # The group whose delivery was confirmed (it may be earlier than `step`, if late).
+    Column("confirmed_step", Integer, nullable=True),
+    _created(),
+    _updated(),
+    UniqueConstraint("notification_id", "identity"),
+    # The timer poll: the waiting chains whose deadline passed, soonest first.
+    Index(
+        "ix_failover_chain_due",
+        "deadline",
+        postgresql_where=text("deadline IS NOT NULL"),
+        sqlite_where=text("deadline IS NOT NULL"),
+    ),
+    # Whether a notification still has a chain waiting (it is not complete before then).
+    Index(
+        "ix_failover_chain_waiting",
+        "notification_id",
+        postgresql_where=text("deadline IS NOT NULL"),
+        sqlite_where=text("deadline IS NOT NULL"),
     ),
 )
 

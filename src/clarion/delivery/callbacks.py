@@ -1,0 +1,212 @@
+"""Running a `delivery_callback` job: tell the application what became of every delivery of a
+finished notification, the way Twilio Notify does (reference/twilio-notify.md §6).
+
+The job is queued in the transaction that completes the notification (clarion.store.callbacks),
+so no finished notification misses its callback. It POSTs the deliveries in batches,
+form-encoded, one request per batch of up to 994 deliveries (Notify's "up to 1000", kept to 1000
+form fields in all: clarion.store.callbacks.BATCH_SIZE says why):
+
+- `NotificationSid`, `AccountSid`, `ServiceSid`;
+- `Count`: deliveries in this batch; `SequenceId`: the batch number from 0; `IsFinal`: `true` on
+  the last batch, else `false` (a notification without deliveries gets one empty final batch);
+- `DeliveryState`: one form field per delivery, repeated `Count` times, each a JSON object
+  `{"sid", "address", "type", "status", "error_code", "error_message", "binding_sid",
+  "identity"}`: `sid` is the provider's message id (`SM…` for SMS), else the delivery's `DL…`
+  SID; `type` the binding type; `status` `SENT` (handed to the provider; also when it has since
+  reported the message delivered), `FAILED` or `EXPIRED` (never sent within the TTL). Twilio
+  left this encoding undocumented; this is Clarion's.
+
+Each request carries `X-Twilio-Signature`, computed with the account's auth token as Twilio
+signs its webhooks (providers.md §3.4), so `RequestValidator` accepts it. A 2xx answer
+acknowledges the batch and moves the job's cursor past it; a crash resends only what was not
+acknowledged. Anything else (another status, a timeout, no connection) ends the run, to be tried
+again with the delivery retry policy's backoff, until the batch has had `max_attempts` tries and
+the callback fails with the reason, which the notification's API record shows.
+
+States are as they stand when a batch is built; later changes (an SMS reported delivered) are not
+sent again, as Notify sends no handset receipts: the Deliveries API has them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import random
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import aiohttp
+
+from clarion import sids
+from clarion.channels.http1 import PooledSession
+from clarion.channels.twilio_sms import signature
+from clarion.delivery import retry
+from clarion.store import callbacks, queue
+from clarion.store.callbacks import Batch, Cursor, Reported, Sender
+from clarion.store.database import Database
+from clarion.store.queue import ClaimedJob
+from clarion.vault import Vault
+
+log = logging.getLogger(__name__)
+
+TIMEOUT = 10.0
+# Jobs run few at a time, each posting one batch after another.
+CONNECTIONS_PER_HOST = 4
+# A delivery's status → DeliveryState `status`. Notify's vocabulary is SENT/FAILED (§6); a
+# delivered SMS was SENT as far as the callback goes, and EXPIRED is Clarion's own.
+STATES = {"sent": "SENT", "delivered": "SENT", "failed": "FAILED", "expired": "EXPIRED"}
+
+
+class DeliveryCallbacks:
+    """The `delivery_callback` job handler of one worker, with its HTTP session."""
+
+    def __init__(
+        self,
+        database: Database,
+        *,
+        vault: Vault,
+        owner: str,
+        clock: Callable[[], datetime],
+        lease: timedelta,
+        stopping: Callable[[], bool],
+        timeout: float = TIMEOUT,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._database = database
+        self._vault = vault
+        self._owner = owner
+        self._clock = clock
+        self._lease = lease
+        self._stopping = stopping
+        self._timeout = timeout
+        self._rng = rng or random.Random()
+        self._http = PooledSession(
+            limit_per_host=CONNECTIONS_PER_HOST, timeout=aiohttp.ClientTimeout(total=timeout)
+        )
+
+    async def run(self, job: ClaimedJob) -> None:
+        """Post the batches from the job's cursor on, until the last, a failure or a stop."""
+        try:
+            await self._run(job)
+        except queue.LeaseLostError:
+            log.warning("delivery callback job %s was taken over by another worker", job.id)
+        except Exception as exc:
+            log.exception("delivery callback job %s failed (attempt %s)", job.id, job.attempts)
+            await self._failed(job, attempts=job.attempts, error=f"internal error: {exc!r}")
+
+    async def close(self) -> None:
+        await self._http.close()
+
+    async def _run(self, job: ClaimedJob) -> None:
+        if job.notification_id is None or job.cursor is None:
+            raise ValueError("a delivery callback job names its notification and URL")
+        notification_id = job.notification_id
+        cursor = Cursor.of(job.cursor)
+        who = await self._database.read(
+            functools.partial(callbacks.sender, notification_id=notification_id)
+        )
+        auth_token = self._vault.open(who.auth_token_sealed)
+        attempts = job.attempts
+        while True:
+            batch = await self._database.read(
+                functools.partial(
+                    callbacks.load_batch, notification_id=notification_id, after=cursor.after
+                )
+            )
+            error = await self._post(cursor.url, form(who, cursor.sequence, batch), auth_token)
+            if error is not None:
+                await self._failed(
+                    job, attempts=attempts, error=f"batch {cursor.sequence}: {error}"
+                )
+                return
+            after = batch.deliveries[-1].id if batch.deliveries else cursor.after
+            cursor = Cursor(url=cursor.url, sequence=cursor.sequence + 1, after=after)
+            recorded = await self._database.transaction(
+                functools.partial(
+                    callbacks.record_batch,
+                    job_id=job.id,
+                    owner=self._owner,
+                    cursor=cursor,
+                    final=batch.final,
+                    now=self._clock(),
+                    lease=self._lease,
+                )
+            )
+            if not recorded:
+                raise queue.LeaseLostError(f"job {job.id}")
+            if batch.final:
+                return
+            attempts = 1
+            if self._stopping():
+                await self._database.transaction(
+                    functools.partial(queue.release_job, job_id=job.id, owner=self._owner)
+                )
+                return
+
+    async def _post(self, url: str, fields: list[tuple[str, str]], auth_token: str) -> str | None:
+        """Send one batch; None when the receiver acknowledged it, else what went wrong."""
+        params: dict[str, list[str]] = {}
+        for name, value in fields:
+            params.setdefault(name, []).append(value)
+        headers = {"X-Twilio-Signature": signature(url, params, auth_token)}
+        try:
+            # A redirect is not followed: the signature covers this URL, not another.
+            async with self._http.client().post(
+                url, data=fields, headers=headers, allow_redirects=False
+            ) as response:
+                if 200 <= response.status < 300:
+                    return None
+                return f"HTTP {response.status} {response.reason or ''}".rstrip()
+        except TimeoutError:
+            return f"no answer within {self._timeout:g} s"
+        except (aiohttp.ClientError, ValueError) as exc:
+            return f"could not reach the callback URL: {exc!r}"
+
+    async def _failed(self, job: ClaimedJob, *, attempts: int, error: str) -> None:
+        """Retry after the delivery policy's backoff, or give up once the batch had its tries."""
+        retry_at = None
+        if attempts < job.max_attempts:
+            delay = self._rng.uniform(retry.MIN_DELAY, retry.backoff_ceiling(attempts))
+            retry_at = self._clock() + timedelta(seconds=delay)
+        else:
+            # Notify's 52311, "Delivery callback invocation failed" (twilio-notify.md §7).
+            log.warning("52311 delivery callback job %s failed for good: %s", job.id, error)
+        try:
+            await self._database.transaction(
+                functools.partial(
+                    queue.fail_job, job_id=job.id, owner=self._owner, error=error, retry_at=retry_at
+                )
+            )
+        except queue.LeaseLostError:
+            log.warning("delivery callback job %s was taken over by another worker", job.id)
+
+
+def form(who: Sender, sequence: int, batch: Batch) -> list[tuple[str, str]]:
+    """One batch's form fields, in the order they are sent."""
+    return [
+        ("NotificationSid", who.notification_sid),
+        ("AccountSid", who.account_sid),
+        ("ServiceSid", who.service_sid),
+        ("Count", str(len(batch.deliveries))),
+        ("SequenceId", str(sequence)),
+        ("IsFinal", "true" if batch.final else "false"),
+        *(
+            ("DeliveryState", json.dumps(delivery_state(item), separators=(",", ":")))
+            for item in batch.deliveries
+        ),
+    ]
+
+
+def delivery_state(item: Reported) -> dict[str, Any]:
+    return {
+        "sid": item.provider_ref or sids.row_sid(sids.DELIVERY, item.id),
+        "address": item.address,
+        "type": item.channel,
+        "status": STATES[item.status],
+        "error_code": item.error_code,
+        "error_message": item.error_message,
+        "binding_sid": item.binding_sid,
+        "identity": item.identity,
+    }
