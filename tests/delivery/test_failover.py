@@ -27,7 +27,7 @@ from clarion.channels.base import Message, Outcome, Result
 from clarion.delivery.channel_pool import Credential
 from clarion.delivery.wakeup import LocalSignal, SoleLeader
 from clarion.delivery.worker import Worker, WorkerConfig
-from clarion.store import bindings, failover, notifications, queue, users
+from clarion.store import bindings, deliveries, failover, notifications, queue, users
 from clarion.store.bindings import Registration
 from clarion.store.clock import utcnow
 from clarion.store.database import Database, engine_url
@@ -777,6 +777,31 @@ async def test_a_confirmation_before_the_deadline_stops_the_chain(
     chain = (await setup.chains(notification_id))["alice"]
     assert (chain["status"], chain["confirmed_step"], chain["deadline"]) == ("confirmed", 0, None)
     assert await setup.status(notification_id) == "completed"
+
+
+async def test_an_sms_delivered_report_confirms_the_chain(setup: Setup, worker: Worker) -> None:
+    """Twilio's `delivered` status callback is a sign of life, like an app's receipt."""
+    await setup.register("alice", PHONE, binding_type="sms", tags=["news"])
+    notification_id = await setup.notify(tags=["news"])
+    await worker.run_jobs()
+    await worker.dispatch_once()
+    sms = (await setup.deliveries(notification_id))[PHONE]
+
+    await setup.database.write(
+        lambda conn: deliveries.record_provider_report(
+            conn,
+            account_id=None,
+            channel="sms",
+            provider_ref=sms["provider_ref"],
+            status="delivered",
+            error_code=None,
+            error_message=None,
+            now=setup.clock(),
+        )
+    )
+
+    chain = (await setup.chains(notification_id))["alice"]
+    assert (chain["status"], chain["confirmed_step"]) == ("confirmed", 1)
 
 
 async def test_a_late_confirmation_is_recorded_and_stops_what_is_left(

@@ -12,6 +12,7 @@ from sqlalchemy import ColumnElement, Connection, ScalarSelect, func, insert, se
 from sqlalchemy.engine import RowMapping
 
 from clarion import errors
+from clarion.store import failover
 from clarion.store.paging import PageRequest, PageResult, fetch_page
 from clarion.store.tables import binding, delivery, delivery_event, notification, service
 
@@ -177,6 +178,9 @@ def record_provider_report(
         if status == "failed":
             values |= {"error_code": error_code, "error_message": error_message}
         conn.execute(update(delivery).where(delivery.c.id == row.id).values(**values))
+    if status == "delivered":
+        # The carrier's word counts as a sign of life, like an app's receipt (failover).
+        failover.confirm(conn, delivery_id=row.id, now=now)
     return True
 
 
