@@ -16,7 +16,7 @@ from twilio.request_validator import RequestValidator
 
 from assertions import assert_error
 from clarion.store.database import Database
-from clarion.store.tables import delivery
+from clarion.store.tables import delivery, notification
 
 PHONE = "+14155550123"
 
@@ -46,10 +46,12 @@ async def sent_sms(api: httpx.AsyncClient, database: Database, service_sid: str)
     )
     assert response.status_code == 201, response.text
     message_sid = "SM" + secrets.token_hex(16)
+    # Only this notification's delivery: other tests share the database and the number.
+    of_this = select(notification.c.id).where(notification.c.sid == response.json()["sid"])
     await database.transaction(
         lambda conn: conn.execute(
             update(delivery)
-            .where(delivery.c.address == PHONE, delivery.c.status == "pending")
+            .where(delivery.c.notification_id == of_this.scalar_subquery())
             .values(status="sent", provider_ref=message_sid)
         )
     )

@@ -256,3 +256,39 @@ async def test_delivery_records_carry_the_failover_fields(
 
     (row,) = listed.json()["deliveries"]
     assert (row["failover_of"], row["failover_step"], row["failover_reason"]) == (None, None, None)
+
+
+async def test_a_fetched_notification_shows_its_policy_and_identity_counts(
+    api: httpx.AsyncClient, service_sid: str
+) -> None:
+    sid = (
+        await send(
+            api, service_sid, Identity="alice", Body="hi", Failover=json.dumps(PUSH_THEN_SMS)
+        )
+    ).json()["sid"]
+
+    fetched = (await api.get(f"/v1/Services/{service_sid}/Notifications/{sid}")).json()
+
+    assert fetched["failover"] == {
+        **PUSH_THEN_SMS,
+        "identities": {  # not fanned out yet: no worker runs in these tests
+            "total": 0,
+            "waiting": 0,
+            "confirmed": 0,
+            "exhausted": 0,
+            "by_channel": {
+                "push": {"reached": 0, "confirmed": 0},
+                "sms": {"reached": 0, "confirmed": 0},
+            },
+        },
+    }
+
+
+async def test_a_fetched_notification_without_failover_says_null(
+    api: httpx.AsyncClient, service_sid: str
+) -> None:
+    sid = (await send(api, service_sid, Identity="alice", Body="hi")).json()["sid"]
+
+    fetched = (await api.get(f"/v1/Services/{service_sid}/Notifications/{sid}")).json()
+
+    assert fetched["failover"] is None

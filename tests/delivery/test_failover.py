@@ -200,7 +200,7 @@ class Setup:
 
     async def summary(self, notification_id: int) -> dict[str, Any] | None:
         return await self.database.read(
-            functools.partial(failover.identities, notification_id=notification_id)
+            functools.partial(failover.summary, notification_id=notification_id)
         )
 
 
@@ -804,6 +804,35 @@ async def test_an_sms_delivered_report_confirms_the_chain(setup: Setup, worker: 
     assert (chain["status"], chain["confirmed_step"]) == ("confirmed", 1)
 
 
+async def test_an_sms_failed_report_moves_on_at_once(setup: Setup, worker: Worker) -> None:
+    """The carrier gave up on an SMS it had taken: the next group goes now, not after `wait`."""
+    await setup.register("alice", PHONE, binding_type="sms", tags=["news"])
+    await setup.register("alice", "1234567890", binding_type="facebook-messenger")
+    notification_id = await setup.notify(
+        tags=["news"], policy={"channels": ["sms", "messenger"], "wait": 120}
+    )
+    await worker.run_jobs()
+    await worker.dispatch_once()
+    sms = (await setup.deliveries(notification_id))[PHONE]
+
+    await setup.database.write(
+        lambda conn: deliveries.record_provider_report(
+            conn,
+            account_id=None,
+            channel="sms",
+            provider_ref=sms["provider_ref"],
+            status="failed",
+            error_code="30003",
+            error_message="Unreachable destination handset",
+            now=setup.clock(),
+        )
+    )
+
+    messenger = (await setup.deliveries(notification_id))["1234567890"]
+    assert (messenger["failover_step"], messenger["failover_reason"]) == (1, "failed")
+    assert messenger["failover_of"] == sms["id"]
+
+
 async def test_a_late_confirmation_is_recorded_and_stops_what_is_left(
     setup: Setup, worker: Worker
 ) -> None:
@@ -943,13 +972,17 @@ async def test_the_summary_counts_identities_per_group(setup: Setup, worker: Wor
     await setup.confirm((await setup.deliveries(notification_id))[TOKEN]["id"])
 
     assert await setup.summary(notification_id) == {
-        "total": 3,
-        "waiting": 1,
-        "confirmed": 1,
-        "exhausted": 1,
-        "by_channel": {
-            "push": {"reached": 1, "confirmed": 1},
-            "sms": {"reached": 1, "confirmed": 0},
+        "channels": ["push", "sms"],
+        "wait": 120,
+        "identities": {
+            "total": 3,
+            "waiting": 1,
+            "confirmed": 1,
+            "exhausted": 1,
+            "by_channel": {
+                "push": {"reached": 1, "confirmed": 1},
+                "sms": {"reached": 1, "confirmed": 0},
+            },
         },
     }
 

@@ -214,9 +214,14 @@ async def fetch(request: Request) -> Response:
     def load(conn: Connection) -> Any:
         service_id = services.resolve(conn, account_id=ctx.account_id, sid=service_sid)
         row, counts = deliveries.notification_with_counts(conn, service_id=service_id, sid=sid)
-        return row, counts, callbacks.state(conn, notification_id=row["id"])
+        return (
+            row,
+            counts,
+            callbacks.state(conn, notification_id=row["id"]),
+            failover.summary(conn, notification_id=row["id"]),
+        )
 
-    row, counts, callback = await ctx.database.read(load)
+    row, counts, callback, failover_summary = await ctx.database.read(load)
     by_status: dict[str, int] = {}
     for statuses in counts.values():
         for status, count in statuses.items():
@@ -247,6 +252,9 @@ async def fetch(request: Request) -> Response:
             },
             "deliveries": {"total": sum(by_status.values()), **by_status},
             "deliveries_by_channel": counts,
+            # Its failover policy and how many identities each channel group reached
+            # (clarion.store.failover); null without failover.
+            "failover": failover_summary,
             "url": ctx.url(path),
             "links": {"deliveries": ctx.url(f"{path}/Deliveries")},
         }

@@ -18,9 +18,7 @@ async def fire_due(database: Database, *, now: datetime, batch: int = failover.T
     """Move on every chain due at `now`, `batch` per transaction; how many were due."""
     fired = 0
     while True:
-        due = await database.transaction(
-            functools.partial(failover.fire_due, now=now, limit=batch)
-        )
+        due = await database.transaction(functools.partial(failover.fire_due, now=now, limit=batch))
         fired += due
         if due < batch:
             return fired

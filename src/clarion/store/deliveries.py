@@ -178,6 +178,9 @@ def record_provider_report(
         if status == "failed":
             values |= {"error_code": error_code, "error_message": error_message}
         conn.execute(update(delivery).where(delivery.c.id == row.id).values(**values))
+        if status == "failed":
+            # The carrier gave up on it: failover moves on at once if its whole group failed.
+            failover.after_failures(conn, delivery_ids=[row.id], now=now)
     if status == "delivered":
         # The carrier's word counts as a sign of life, like an app's receipt (failover).
         failover.confirm(conn, delivery_id=row.id, now=now)

@@ -465,19 +465,20 @@ def waiting(notification_id: ColumnElement[int]) -> ColumnElement[bool]:
     )
 
 
-def identities(conn: Connection, *, notification_id: int) -> dict[str, Any] | None:
-    """What the notification's failover did, per identity; None when it had no policy.
+def summary(conn: Connection, *, notification_id: int) -> dict[str, Any] | None:
+    """The notification's failover policy and what it did, per identity; None without one.
 
-    `{"total", "waiting", "confirmed", "exhausted", "by_channel": {group: {"reached",
-    "confirmed"}}}`: reached = identities with a delivery of that group the provider took;
-    confirmed = identities whose chain a delivery of that group confirmed.
+    `{"channels", "wait", "identities": {"total", "waiting", "confirmed", "exhausted",
+    "by_channel": {group: {"reached", "confirmed"}}}}`: reached = identities with a delivery of
+    that group the provider took; confirmed = identities whose chain a delivery of that group
+    confirmed. A few indexed aggregates over the notification's chains.
     """
     policy_json = conn.scalar(
         select(notification.c.failover).where(notification.c.id == notification_id)
     )
     if policy_json is None:
         return None
-    channels = from_json(policy_json).channels
+    policy = from_json(policy_json)
     statuses: dict[str, int] = dict(
         conn.execute(
             select(failover_chain.c.status, func.count())
@@ -510,10 +511,13 @@ def identities(conn: Connection, *, notification_id: int) -> dict[str, Any] | No
         status: statuses.get(status, 0) for status in ("waiting", "confirmed", "exhausted")
     }
     return {
-        "total": sum(statuses.values()),
-        **by_status,
-        "by_channel": {
-            name: {"reached": reached.get(step, 0), "confirmed": confirmed.get(step, 0)}
-            for step, name in enumerate(channels)
+        **policy.to_json(),
+        "identities": {
+            "total": sum(statuses.values()),
+            **by_status,
+            "by_channel": {
+                name: {"reached": reached.get(step, 0), "confirmed": confirmed.get(step, 0)}
+                for step, name in enumerate(policy.channels)
+            },
         },
     }
