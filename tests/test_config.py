@@ -195,3 +195,17 @@ def test_a_bad_public_url_is_a_config_error_naming_the_variable(tmp_path: Path, 
         load({"CLARION_DATA_DIR": str(tmp_path), "CLARION_PUBLIC_URL": url})
 
     assert "CLARION_PUBLIC_URL" in str(raised.value)
+
+
+def test_lease_seconds_defaults_to_a_minute_and_can_be_shortened(tmp_path: Path) -> None:
+    assert load({"CLARION_DATA_DIR": str(tmp_path)}).lease_seconds == 60
+    shorter = load({"CLARION_DATA_DIR": str(tmp_path), "CLARION_LEASE_SECONDS": "5"})
+    assert shorter.lease_seconds == 5
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "soon"])
+def test_a_bad_lease_is_a_config_error_naming_the_variable(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load({"CLARION_DATA_DIR": str(tmp_path), "CLARION_LEASE_SECONDS": value})
+
+    assert "CLARION_LEASE_SECONDS" in str(raised.value)

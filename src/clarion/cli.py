@@ -16,6 +16,7 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import timedelta
 from typing import Protocol, TypeVar
 
 import uvicorn
@@ -30,7 +31,7 @@ from clarion.config import ConfigError, Settings
 from clarion.delivery import channels, wakeup
 from clarion.delivery.channel_pool import ChannelFactory, Fallback
 from clarion.delivery.channels import Endpoints
-from clarion.delivery.worker import Worker
+from clarion.delivery.worker import Worker, WorkerConfig
 from clarion.sandbox import SANDBOX_CREDENTIAL_SID, Sandbox
 from clarion.store import accounts, migrate
 from clarion.store.database import Database
@@ -176,6 +177,7 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> None:
                 work_signal,
                 factory=channels.factory(endpoints),
                 fallback=None if sandbox is None else sandbox.fallback,
+                lease=settings.lease_seconds,
             ),
         )
     server = uvicorn.Server(
@@ -223,7 +225,15 @@ async def _worker(settings: Settings, _args: argparse.Namespace) -> None:
             loop.add_signal_handler(number, stop.set)
         async with (
             _started(work_signal),
-            _started(_delivery(database, vault, work_signal, factory=channels.factory(endpoints))),
+            _started(
+                _delivery(
+                    database,
+                    vault,
+                    work_signal,
+                    factory=channels.factory(endpoints),
+                    lease=settings.lease_seconds,
+                )
+            ),
         ):
             print("Clarion workers are running; stop them with SIGTERM or Ctrl-C", flush=True)
             await stop.wait()
@@ -259,6 +269,7 @@ def _delivery(
     *,
     factory: ChannelFactory,
     fallback: Fallback | None = None,
+    lease: float,
 ) -> _Delivery:
     leader = wakeup.leader_for(database)
     worker = Worker(
@@ -268,6 +279,7 @@ def _delivery(
         vault=vault,
         signal=work_signal,
         leader=leader,
+        config=WorkerConfig(lease=timedelta(seconds=lease)),
     )
     return _Delivery(worker, leader)
 

@@ -29,6 +29,10 @@ class Settings:
     # Where providers (SMS status callbacks) and devices (receipts) reach this server; None
     # means http://host:port, right for a laptop, wrong behind a proxy or a public name.
     public_url: str | None = None
+    # How long a worker's claim on work lasts: a dead worker's work waits this long before
+    # another takes it over. Far longer than any provider timeout, so a live send never
+    # outlasts it; shorter only where crashes are provoked on purpose (tests).
+    lease_seconds: float = 60.0
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
@@ -45,6 +49,13 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     port_text = env.get("CLARION_PORT", "8080")
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ConfigError(f"CLARION_PORT must be a port number 1-65535 (got {port_text!r})")
+    lease_text = env.get("CLARION_LEASE_SECONDS", "60")
+    try:
+        lease_seconds = float(lease_text)
+    except ValueError:
+        lease_seconds = 0.0
+    if not lease_seconds > 0:
+        raise ConfigError(f"CLARION_LEASE_SECONDS must be a number of seconds (got {lease_text!r})")
     public_url = env.get("CLARION_PUBLIC_URL") or None
     if public_url is not None:
         parts = urlsplit(public_url)
@@ -61,6 +72,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         host=env.get("CLARION_HOST", "127.0.0.1"),
         port=int(port_text),
         data_dir=data_dir,
+        lease_seconds=lease_seconds,
     )
 
 
