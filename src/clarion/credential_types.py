@@ -28,6 +28,10 @@ Params = Mapping[str, str]
 # Extension setting of every HTTP provider's credential: where its API lives, so a staging
 # setup, a test or a benchmark aims the channel at an emulator or a sink (default: the real one).
 PROVIDER_URL = "ProviderUrl"
+# Extension setting of every credential: at most this many messages per second on it, across all
+# workers (clarion.store.send_slots); unset means as fast as the provider takes them.
+RATE_LIMIT = "RateLimit"
+MAX_RATE_LIMIT = 100_000.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,8 @@ def checked(kind: CredentialType, params: dict[str, str]) -> Checked:
     kind.check(params)
     if PROVIDER_URL in params:
         _check_provider_url(params[PROVIDER_URL])
+    if RATE_LIMIT in params:
+        rate_limit(params[RATE_LIMIT])
     return Checked(
         settings={name: params[name] for name in kind.settings if name in params},
         secret={name: params[name] for name in kind.secrets if name in params},
@@ -69,6 +75,21 @@ def _check_provider_url(url: str) -> None:
         raise errors.invalid_parameter(
             PROVIDER_URL, "expected the provider's base URL, such as https://api.example.com:8443"
         )
+
+
+def rate_limit(value: str) -> float:
+    """A `RateLimit` setting as messages per second; raises the 400 that says what is wrong."""
+    try:
+        per_second = float(value)
+    except ValueError:
+        per_second = 0.0
+    if not 0 < per_second <= MAX_RATE_LIMIT:  # also refuses nan and inf
+        raise errors.invalid_parameter(
+            RATE_LIMIT,
+            f"expected messages per second, a number above 0 and at most {MAX_RATE_LIMIT:,.0f}"
+            " (0.5 is one message every 2 seconds)",
+        )
+    return per_second
 
 
 def _require(params: dict[str, str], *names: str, code: int = errors.INVALID_PARAMETER) -> None:
@@ -267,41 +288,48 @@ TYPES: dict[str, CredentialType] = {
     for kind in (
         CredentialType(
             "apn",
-            ("KeyId", "TeamId", "BundleId", PROVIDER_URL),
+            ("KeyId", "TeamId", "BundleId", PROVIDER_URL, RATE_LIMIT),
             ("Certificate", "PrivateKey"),
             _check_apn,
         ),
         CredentialType(
-            "fcm", ("ProjectId", PROVIDER_URL), ("Secret",), _check_fcm, complete=_fcm_project
+            "fcm",
+            ("ProjectId", PROVIDER_URL, RATE_LIMIT),
+            ("Secret",),
+            _check_fcm,
+            complete=_fcm_project,
         ),
-        CredentialType("gcm", (), ("ApiKey",), _check_gcm),
+        CredentialType("gcm", (RATE_LIMIT,), ("ApiKey",), _check_gcm),
         CredentialType(
             "twilio-sms",
-            ("AccountSid", "MessagingServiceSid", "From", PROVIDER_URL),
+            ("AccountSid", "MessagingServiceSid", "From", PROVIDER_URL, RATE_LIMIT),
             ("AuthToken",),
             _check_twilio_sms,
         ),
         CredentialType(
             "smpp",
-            ("Host", "Port", "SystemId", "SystemType", "SourceAddr"),
+            ("Host", "Port", "SystemId", "SystemType", "SourceAddr", RATE_LIMIT),
             ("Password",),
             _check_smpp,
         ),
         CredentialType(
             "messenger",
-            ("PageId", PROVIDER_URL),
+            ("PageId", PROVIDER_URL, RATE_LIMIT),
             ("PageAccessToken", "AppSecret"),
             _check_messenger,
         ),
         CredentialType(
             "webpush",
-            ("Subject", "VapidPublicKey"),
+            ("Subject", "VapidPublicKey", RATE_LIMIT),
             ("VapidPrivateKey",),
             _check_webpush,
             complete=_complete_webpush,
         ),
         CredentialType(
-            "smtp", ("Host", "Port", "Security", "Username", "From"), ("Password",), _check_smtp
+            "smtp",
+            ("Host", "Port", "Security", "Username", "From", RATE_LIMIT),
+            ("Password",),
+            _check_smtp,
         ),
     )
 }

@@ -592,6 +592,24 @@ async def test_invalid_extension_parameters_are_rejected_with_20001_naming_the_p
     assert_error(response, 400, 20001, parameter)
 
 
+@pytest.mark.parametrize("name", CASES)
+async def test_a_rate_limit_is_a_setting_of_every_type(api: httpx.AsyncClient, name: str) -> None:
+    created = await api.post("/v1/Credentials", data={**case(name).form, "RateLimit": "2.5"})
+    assert created.status_code == 201, created.text
+    assert created.json()["settings"]["rate_limit"] == "2.5"
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "fast", "nan", "inf", "1e9"])
+async def test_a_rate_limit_that_is_not_a_positive_rate_is_rejected(
+    api: httpx.AsyncClient, value: str
+) -> None:
+    response = await api.post(
+        "/v1/Credentials", data={**case("twilio-sms").form, "RateLimit": value}
+    )
+    assert_error(response, 400, 20001, "RateLimit")
+    assert "messages per second" in response.json()["message"]
+
+
 async def test_rejected_create_stores_nothing(api: httpx.AsyncClient) -> None:
     await api.post("/v1/Credentials", data={"Type": "fcm", "Secret": "{}"})
     listed = await api.get("/v1/Credentials")

@@ -8,6 +8,7 @@ the emulators. Time is a test clock unless a test runs the worker's own loops.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import uuid
@@ -468,6 +469,95 @@ async def test_past_its_ttl_a_delivery_expires_and_is_never_sent(
     assert row["status"] == "expired"
     assert setup.channel.messages == []
     assert await status_of(setup.database, notification_id) == "completed"
+
+
+async def limit_rate(setup: Setup, per_second: str) -> None:
+    """Give the service's APNs credential a `RateLimit` setting."""
+    credential_id = setup.credentials["apn_credential_id"]
+    await setup.database.write(
+        lambda conn: conn.execute(
+            update(credential)
+            .where(credential.c.id == credential_id)
+            .values(settings={"KeyId": "ABCDEFGHIJ", "RateLimit": per_second})
+        )
+    )
+
+
+async def test_a_rate_limited_credential_sends_once_per_slot_and_holds_the_rest(
+    setup: Setup, worker: Worker
+) -> None:
+    await limit_rate(setup, "2")
+    addresses = [f"{n:064x}" for n in range(5)]
+    notification_id = await notify(setup, direct=[("apn", a) for a in addresses])
+
+    await worker.dispatch_once()
+
+    assert len(setup.channel.messages) == 1  # the first slot is now; the next is 0.5 s away
+    rows = sorted(
+        (await deliveries_of(setup.database, notification_id)).values(),
+        key=lambda row: row["next_attempt_at"],
+    )
+    held = [row for row in rows if row["status"] == "pending"]
+    assert len(held) == 4
+    assert all(row["attempts"] == 0 and row["slot_reserved"] for row in held)
+    gaps = [b["next_attempt_at"] - a["next_attempt_at"] for a, b in itertools.pairwise(held)]
+    assert gaps == [timedelta(seconds=0.5)] * 3
+    assert [kind for kind, _ in await events_of(setup.database, held[0]["id"])] == ["throttled"]
+
+    setup.clock.advance(seconds=1)
+    assert await worker.dispatch_once() == 2  # the slots at +0.5 s and +1 s, not reserved again
+    assert len(setup.channel.messages) == 3
+    setup.clock.advance(seconds=1)
+    assert await worker.dispatch_once() == 2
+
+    rows = list((await deliveries_of(setup.database, notification_id)).values())
+    assert sorted(m.address for m in setup.channel.messages) == addresses
+    assert {(row["status"], row["attempts"], row["slot_reserved"]) for row in rows} == {
+        ("sent", 1, False)
+    }
+    assert [kind for kind, _ in await events_of(setup.database, held[-1]["id"])] == [
+        "throttled",
+        "sent",
+    ]
+
+
+async def test_workers_share_a_credentials_rate_limit(setup: Setup, database_url: str) -> None:
+    await limit_rate(setup, "2")
+    notification_id = await notify(setup, direct=[("apn", f"{n:064x}") for n in range(6)])
+    second_process = Database(database_url)
+    first = setup.worker(name="worker-a", batch_size=3)
+    second = setup.worker(name="worker-b", database=second_process, batch_size=3)
+    try:
+        assert await first.dispatch_once() == 3
+        assert await second.dispatch_once() == 3
+    finally:
+        await first.stop()
+        await second.stop()
+        await second_process.close()
+
+    assert len(setup.channel.messages) == 1  # one slot was due; the other worker's came later
+    rows = (await deliveries_of(setup.database, notification_id)).values()
+    slots = sorted(row["next_attempt_at"] for row in rows if row["status"] == "pending")
+    assert len(slots) == 5
+    assert {b - a for a, b in itertools.pairwise(slots)} == {timedelta(seconds=0.5)}
+
+
+async def test_a_rate_limit_slot_after_the_ttl_expires_the_delivery_unsent(
+    setup: Setup, worker: Worker
+) -> None:
+    await limit_rate(setup, "0.01")  # one message every 100 s
+    first, second = f"{1:064x}", f"{2:064x}"
+    notification_id = await notify(setup, direct=[("apn", first), ("apn", second)], ttl=60)
+
+    await worker.dispatch_once()
+
+    rows = await deliveries_of(setup.database, notification_id)
+    assert sorted(row["status"] for row in rows.values()) == ["expired", "sent"]
+    sent = next(address for address, row in rows.items() if row["status"] == "sent")
+    assert [m.address for m in setup.channel.messages] == [sent]
+    expired = rows[first if sent == second else second]
+    assert (expired["attempts"], expired["error_code"]) == (1, None)
+    assert "RateLimit (0.01/s)" in expired["error_message"]
 
 
 async def test_the_sweeper_expires_overdue_deliveries_without_claiming_them(

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from clarion import errors
+from clarion import credential_types, errors
 from clarion.channels.base import Channel
 from clarion.store import queue
 from clarion.store.database import Database
@@ -76,6 +76,8 @@ class ChannelPool:
         self._refresh_interval = refresh_interval
         # credential id → (its date_updated, the channel or why there is none)
         self._entries: dict[int, tuple[object, Channel | ChannelUnavailableError]] = {}
+        # credential id → its RateLimit in messages per second, for those that have one
+        self._rate_limits: dict[int, float] = {}
         self._loading: dict[int, asyncio.Future[None]] = {}
         self._checked = time.monotonic()
         self._retiring: set[asyncio.Task[None]] = set()
@@ -93,6 +95,10 @@ class ChannelPool:
         if isinstance(channel, ChannelUnavailableError):
             raise channel
         return channel
+
+    def rate_limit(self, credential_id: int) -> float | None:
+        """Messages per second allowed on the credential (known once `get` has loaded it)."""
+        return self._rate_limits.get(credential_id)
 
     async def _load(self, credential_id: int) -> None:
         """Build the channel once, however many deliveries ask for it at the same moment."""
@@ -114,6 +120,10 @@ class ChannelPool:
                 version: object = None
             else:
                 built, version = self._build(row), row.date_updated
+                if credential_types.RATE_LIMIT in row.settings:
+                    self._rate_limits[credential_id] = credential_types.rate_limit(
+                        row.settings[credential_types.RATE_LIMIT]
+                    )
             self._entries[credential_id] = (version, built)
         finally:
             del self._loading[credential_id]
@@ -153,6 +163,7 @@ class ChannelPool:
             version, channel = self._entries[credential_id]
             if versions.get(credential_id) != version:
                 del self._entries[credential_id]
+                self._rate_limits.pop(credential_id, None)
                 if not isinstance(channel, ChannelUnavailableError):
                     self._retire(channel)
 

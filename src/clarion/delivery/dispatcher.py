@@ -10,6 +10,9 @@ Every way a delivery can end is decided here, from the channel's four-word vocab
 | content has nothing this channel sends | failed, the payload's Notify code     | failed       |
 | the credential's circuit breaker open  | pending until the next probe, attempt | held         |
 |                                        | given back (clarion.delivery.breaker) |              |
+| its rate-limit slot is later than soon | pending until the slot, which it      | throttled    |
+|                                        | keeps; attempt given back             |              |
+| its rate-limit slot is past the TTL    | expired (never sent)                  | expired      |
 | ACCEPTED                               | sent, with the provider's id          | sent         |
 | RETRY                                  | pending at the backoff time           | retry        |
 | RETRY, no attempt left before the TTL  | expired                               | expired      |
@@ -20,6 +23,7 @@ Every way a delivery can end is decided here, from the channel's four-word vocab
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Callable
@@ -31,6 +35,7 @@ from clarion.channels.base import Message, Outcome, Result
 from clarion.delivery import payloads, retry
 from clarion.delivery.breaker import CircuitBreaker
 from clarion.delivery.channel_pool import ChannelPool, ChannelUnavailableError, Fallback
+from clarion.delivery.throttle import SendSlots
 from clarion.store.queue import ClaimedDelivery, Completion, NotificationWork
 
 log = logging.getLogger(__name__)
@@ -42,6 +47,9 @@ NO_CREDENTIAL_DEFAULT = str(errors.INVALID_CREDENTIAL_SID)
 INTERNAL_ERROR = "52000"
 # Payloads kept built, per (notification, channel); a batch rarely spans more than a few.
 PAYLOAD_CACHE_SIZE = 256
+# A rate-limit slot at most this far off is waited for in the send; a later one goes back to
+# the queue (its lease, and its room among the sends in flight, are not held that long).
+SLOT_WAIT = timedelta(seconds=0.25)
 
 
 class Dispatcher:
@@ -49,12 +57,14 @@ class Dispatcher:
         self,
         pool: ChannelPool,
         *,
+        slots: SendSlots,
         receipt: Callable[[int], str],
         clock: Callable[[], datetime],
         rng: random.Random | None = None,
         fallback: Fallback = lambda _channel: None,
     ) -> None:
         self._pool = pool
+        self._slots = slots
         # A delivery id's receipt token (clarion.delivery.receipts), for the push payloads.
         self._receipt = receipt
         self._fallback = fallback
@@ -119,6 +129,31 @@ class Dispatcher:
                 next_attempt_at=self._clock() + timedelta(seconds=hold),
                 refund_attempt=True,
             )
+        per_second = (
+            None if item.credential_id is None else self._pool.rate_limit(item.credential_id)
+        )
+        if per_second is not None and item.credential_id is not None and not item.slot_reserved:
+            now = self._clock()
+            slot = await self._slots.take(item.credential_id, per_second=per_second, now=now)
+            # TTL 0 means now or never: no waiting for a later slot either.
+            if _past_ttl(item, work, slot) or (work.ttl == 0 and slot - now > SLOT_WAIT):
+                return _final(
+                    item,
+                    "expired",
+                    error_message=f"The credential's RateLimit ({per_second:g}/s) has no send"
+                    " slot left before the TTL",
+                )
+            if slot - now > SLOT_WAIT:
+                return _final(
+                    item,
+                    "pending",
+                    event="throttled",
+                    error_message=f"waiting for a send slot (RateLimit {per_second:g}/s)",
+                    next_attempt_at=slot,
+                    refund_attempt=True,
+                    slot_reserved=True,
+                )
+            await asyncio.sleep((slot - now).total_seconds())
         if item.channel in payloads.RECEIPT_CHANNELS:
             payload = payloads.with_receipt(item.channel, payload, self._receipt(item.id))
         message = Message(
@@ -214,6 +249,7 @@ def _final(
     next_attempt_at: datetime | None = None,
     retire_binding_id: int | None = None,
     refund_attempt: bool = False,
+    slot_reserved: bool = False,
 ) -> Completion:
     """The completion of `item`; the provider's `result`, when there is one, says the rest."""
     detail: dict[str, Any] = {"attempt": item.attempts}
@@ -234,4 +270,5 @@ def _final(
         detail=detail,
         retire_binding_id=retire_binding_id,
         refund_attempt=refund_attempt,
+        slot_reserved=slot_reserved,
     )

@@ -43,6 +43,7 @@ from clarion.delivery.channel_pool import (
 )
 from clarion.delivery.dispatcher import Dispatcher
 from clarion.delivery.receipts import ReceiptTokens
+from clarion.delivery.throttle import SendSlots
 from clarion.delivery.wakeup import LeaderLock, WorkSignal
 from clarion.store import callbacks as store_callbacks
 from clarion.store import queue
@@ -111,7 +112,12 @@ class Worker:
             refresh_interval=self._config.credential_refresh,
         )
         self._dispatcher = Dispatcher(
-            self._pool, receipt=ReceiptTokens(vault).mint, clock=clock, rng=rng, fallback=fallback
+            self._pool,
+            slots=SendSlots(database),
+            receipt=ReceiptTokens(vault).mint,
+            clock=clock,
+            rng=rng,
+            fallback=fallback,
         )
         self._stopping = asyncio.Event()
         self._callbacks = callbacks.DeliveryCallbacks(

@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import (
     ARRAY,
     BigInteger,
+    Boolean,
     ColumnElement,
     Connection,
     DateTime,
@@ -103,6 +104,8 @@ class ClaimedDelivery:
     ambiguous: bool
     # The binding's own credential, else the service's for the channel; None when neither is set.
     credential_id: int | None
+    # It already owns a send slot of its credential's rate limit (clarion.store.send_slots).
+    slot_reserved: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -164,6 +167,7 @@ def claim_deliveries(
             delivery.c.attempts,
             delivery.c.ambiguous,
             delivery.c.credential_id,
+            delivery.c.slot_reserved,
         )
     ).all()
     if not rows:
@@ -180,6 +184,7 @@ def claim_deliveries(
             ambiguous=bool(row.ambiguous),
             credential_id=row.credential_id
             or service_credentials[row.notification_id].get(row.channel),
+            slot_reserved=bool(row.slot_reserved),
         )
         for row in rows
     ]
@@ -253,6 +258,8 @@ class Completion:
     retire_binding_id: int | None = None
     # Never sent (e.g. held back by an open circuit breaker): the claim's attempt is given back.
     refund_attempt: bool = False
+    # Pending until a send slot it has reserved (`next_attempt_at`): it takes no other one.
+    slot_reserved: bool = False
 
 
 # SQLite: one writer, so the owner check cannot go stale before the per-row updates.
@@ -263,6 +270,7 @@ _APPLY = (
         status=bindparam("b_status", type_=String),
         attempts=delivery.c.attempts - bindparam("b_refund", type_=Integer),
         next_attempt_at=bindparam("b_next", type_=DateTime),
+        slot_reserved=bindparam("b_slot", type_=Boolean),
         lease_owner=None,
         lease_expires_at=None,
         provider_ref=bindparam("b_ref", type_=String),
@@ -280,14 +288,16 @@ _APPLY_ARRAYS = text(
        SET status = r.status,
            attempts = d.attempts - r.refund,
            next_attempt_at = r.next_attempt_at,
+           slot_reserved = r.slot_reserved,
            provider_ref = r.provider_ref,
            error_code = r.error_code,
            error_message = r.error_message,
            lease_owner = NULL,
            lease_expires_at = NULL,
            date_updated = :now
-      FROM unnest(:ids, :statuses, :refunds, :nexts, :refs, :codes, :messages)
-           AS r (id, status, refund, next_attempt_at, provider_ref, error_code, error_message)
+      FROM unnest(:ids, :statuses, :refunds, :nexts, :slots, :refs, :codes, :messages)
+           AS r (id, status, refund, next_attempt_at, slot_reserved, provider_ref, error_code,
+                 error_message)
      WHERE d.id = r.id AND d.lease_owner = :owner AND d.status = 'sending'
     RETURNING d.id
     """
@@ -296,6 +306,7 @@ _APPLY_ARRAYS = text(
     bindparam("statuses", type_=ARRAY(String)),
     bindparam("refunds", type_=ARRAY(Integer)),
     bindparam("nexts", type_=ARRAY(DateTime)),
+    bindparam("slots", type_=ARRAY(Boolean)),
     bindparam("refs", type_=ARRAY(String)),
     bindparam("codes", type_=ARRAY(String)),
     bindparam("messages", type_=ARRAY(Text)),
@@ -341,6 +352,7 @@ def complete_deliveries(
                     "statuses": [c.status for c in completions],
                     "refunds": [int(c.refund_attempt) for c in completions],
                     "nexts": [c.next_attempt_at or now for c in completions],
+                    "slots": [c.slot_reserved for c in completions],
                     "refs": [c.provider_ref for c in completions],
                     "codes": [c.error_code for c in completions],
                     "messages": [c.error_message for c in completions],
@@ -370,6 +382,7 @@ def complete_deliveries(
                         "b_status": c.status,
                         "b_refund": int(c.refund_attempt),
                         "b_next": c.next_attempt_at or now,
+                        "b_slot": c.slot_reserved,
                         "b_ref": c.provider_ref,
                         "b_code": c.error_code,
                         "b_message": c.error_message,

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -291,6 +292,9 @@ delivery = Table(
     Column("lease_expires_at", DateTime(), nullable=True),
     # Set when a lease expired mid-send: the provider may or may not have the message.
     Column("ambiguous", Boolean, nullable=False, server_default=text("false")),
+    # Held for a send slot of its credential's rate limit, which it already owns: it is due at
+    # `next_attempt_at` and takes no second slot (clarion.store.send_slots).
+    Column("slot_reserved", Boolean, nullable=False, server_default=text("false")),
     Column("provider_ref", String(256), nullable=True),
     # A Notify code ("52002") or the provider's own ("Unregistered", "21211").
     Column("error_code", String(64), nullable=True),
@@ -303,6 +307,8 @@ delivery = Table(
     _created(),
     _updated(),
     UniqueConstraint("notification_id", "channel", "address"),
+    # A notification's deliveries in id order: the Deliveries list's pages and the debugger.
+    Index("ix_delivery_notification_id_id", "notification_id", "id"),
     Index(
         "ix_delivery_pending",
         "priority",
@@ -391,6 +397,21 @@ failover_chain = Table(
         postgresql_where=text("deadline IS NOT NULL"),
         sqlite_where=text("deadline IS NOT NULL"),
     ),
+)
+
+# The virtual schedule of a rate-limited credential (its `RateLimit` setting): the earliest time,
+# in seconds since the epoch, that its next unreserved send slot may have. Workers move it
+# forward as they reserve slots (clarion.store.send_slots).
+send_slot = Table(
+    "send_slot",
+    metadata,
+    Column(
+        "credential_id",
+        ForeignKey("credential.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    Column("next_at", Float, nullable=False),
 )
 
 # Append-only history of each delivery (attempts, answers, retries), for the debugger.
