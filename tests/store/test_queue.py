@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import Connection, insert, select, update
 
 from clarion import sids
-from clarion.store import queue
+from clarion.store import deliveries, queue
 from clarion.store.clock import utcnow
 from clarion.store.database import Database
 from clarion.store.queue import Completion
@@ -338,6 +338,43 @@ async def test_results_are_applied_only_by_the_lease_owner(
         None,
     )
     assert await events_of(database, delivery_id) == ["sent"]
+
+
+async def test_a_receipt_that_beats_the_sent_result_leaves_the_delivery_delivered(
+    database: Database, now: datetime
+) -> None:
+    svc = await new_service(database, now)
+    notification_id, (receipted, plain) = await new_notification(database, svc, now, [{}, {}])
+    await claim(database, "worker-a", now)
+
+    def receipt(conn: Connection) -> None:
+        service_sid, notification_sid = conn.execute(
+            select(service.c.sid, notification.c.sid)
+            .join(notification)
+            .where(notification.c.id == notification_id)
+        ).one()
+        deliveries.record_receipt(
+            conn,
+            service_sid=service_sid,
+            notification_sid=notification_sid,
+            delivery_id=receipted,
+            state="delivered",
+            now=now,
+        )
+
+    await database.transaction(receipt)
+    await run(
+        database,
+        queue.complete_deliveries,
+        owner="worker-a",
+        now=now,
+        completions=[sent(receipted, notification_id), sent(plain, notification_id)],
+    )
+
+    rows = await delivery_rows(database, [receipted, plain])
+    assert (rows[receipted]["status"], rows[plain]["status"]) == ("delivered", "sent")
+    assert rows[receipted]["provider_ref"] == f"ref-{receipted}"
+    assert await events_of(database, receipted) == ["receipt", "sent"]
 
 
 async def test_a_lease_that_runs_out_is_swept_back_as_ambiguous(

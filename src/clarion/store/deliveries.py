@@ -8,7 +8,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, ScalarSelect, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    ScalarSelect,
+    bindparam,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.engine import RowMapping
 
 from clarion import errors
@@ -133,6 +143,27 @@ def get(conn: Connection, *, notification_id: int, delivery_id: int) -> dict[str
 # A provider's later word on a message it accepted (an SMS status callback) moves the delivery
 # on from `sent`, and only forward: reports arrive late, twice and out of order.
 REPORTABLE = {"delivered": ("sent",), "failed": ("sent",)}
+
+# A receipt recorded while its delivery was still `sending`: the device had the push before the
+# worker stored the provider's answer. (A carrier's report cannot come first: it names the
+# provider's message id, which is stored with the answer.)
+_RECEIPTED_EARLY = (
+    update(delivery)
+    .where(
+        delivery.c.id.in_(bindparam("ids", expanding=True)),
+        exists().where(
+            delivery_event.c.delivery_id == delivery.c.id, delivery_event.c.kind == "receipt"
+        ),
+    )
+    .values(status="delivered")
+)
+
+
+def deliver_receipted_early(conn: Connection, *, sent_ids: Sequence[int]) -> None:
+    """Of deliveries just stored as `sent`, make `delivered` those whose receipt came first
+    (`record_receipt` left them `sending`)."""
+    if sent_ids:
+        conn.execute(_RECEIPTED_EARLY, {"ids": list(sent_ids)})
 
 
 def record_provider_report(

@@ -41,7 +41,7 @@ from sqlalchemy import (
 )
 
 from clarion.credential_types import CHANNEL_CREDENTIAL_TYPES
-from clarion.store import callbacks, failover
+from clarion.store import callbacks, deliveries, failover
 from clarion.store.tables import (
     binding,
     credential,
@@ -392,6 +392,9 @@ def complete_deliveries(
                 ],
             )
     _record(conn, now, [(c.delivery_id, c.event, _detail(c)) for c in applied])
+    deliveries.deliver_receipted_early(
+        conn, sent_ids=[c.delivery_id for c in applied if c.status == "sent"]
+    )
     retired = {c.retire_binding_id: c for c in applied if c.retire_binding_id is not None}
     if retired:
         _retire_bindings(conn, now=now, retired=retired)
