@@ -323,6 +323,21 @@ async def test_big_audiences_expand_in_chunks_and_finish_the_job(
     assert await status_of(database, notification_id) == "dispatched"
 
 
+async def test_an_explicit_tag_is_walked_in_chunks_with_the_other_targets_applied(
+    database: Database, service_id: int
+) -> None:
+    for n in range(23):
+        tags = ["vip", "news"] if n % 3 == 0 else ["news"]
+        await register(database, service_id, f"user-{n}", f"token-{n:02}", tags=tags)
+    await register(database, service_id, "fcm-user", "fcm-vip", binding_type="fcm", tags=["vip"])
+    notification_id = await notify(database, service_id, tags=["news", "vip", "apn"])
+
+    await expand(database, notification_id, chunk_size=2)
+
+    assert await reached(database, notification_id) == [f"token-{n:02}" for n in range(0, 23, 3)]
+    assert await status_of(database, notification_id) == "dispatched"
+
+
 async def test_fanout_resumes_after_a_crash_without_duplicates(
     database: Database, service_id: int
 ) -> None:
