@@ -67,8 +67,10 @@ class WorkerConfig:
     # Far longer than any provider timeout, so only a dead worker ever loses a lease.
     lease: timedelta = timedelta(seconds=60)
     fanout_chunk: int = CHUNK_SIZE
-    # Fan-out jobs run at the same time, at most.
-    max_jobs: int = 2
+    # Jobs run at the same time, at most, per kind: long fan-outs never hold up the posting of
+    # delivery callbacks, nor a slow callback endpoint the fan-outs.
+    max_fanouts: int = 2
+    max_callback_posts: int = 4
     poll_min: float = 0.1
     poll_max: float = 2.0
     sweep_interval: float = 5.0
@@ -134,6 +136,10 @@ class Worker:
             "fanout": self._fanout,
             store_callbacks.KIND: self._callbacks.run,
         }
+        self._job_limits = {
+            "fanout": self._config.max_fanouts,
+            store_callbacks.KIND: self._config.max_callback_posts,
+        }
         self._closing = False
         self._loops: list[asyncio.Task[None]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -141,7 +147,8 @@ class Worker:
         self._in_flight = 0
         self._room = asyncio.Event()
         self._sends: dict[asyncio.Task[None], int] = {}
-        self._jobs: set[asyncio.Task[None]] = set()
+        # Running jobs by kind.
+        self._jobs: dict[str, set[asyncio.Task[None]]] = {kind: set() for kind in self._handlers}
         self._job_done = asyncio.Event()
         self._results: list[Completion] = []
         # Sends cut short by `stop()`: after the request left (ambiguous), or before.
@@ -168,7 +175,7 @@ class Worker:
         # Claim loops are never cancelled mid-claim (claimed rows would be stranded until
         # their lease ran out); they notice `_stopping` between steps.
         await _finish(self._loops, timeout)
-        await _finish(set(self._sends) | self._jobs, timeout)
+        await _finish(set(self._sends).union(*self._jobs.values()), timeout)
         self._closing = True
         self._results_ready.set()
         if self._flusher is not None:
@@ -183,7 +190,7 @@ class Worker:
     async def run_jobs(self) -> int:
         """Claim every due job and run it to the end; how many ran."""
         ran = 0
-        while jobs := await self._claim_jobs(self._config.max_jobs):
+        while jobs := await self._claim_jobs(sum(self._job_limits.values()), list(self._handlers)):
             await asyncio.gather(*(self._run_job(job) for job in jobs))
             ran += len(jobs)
         return ran
@@ -216,28 +223,32 @@ class Worker:
         wake = self._signal.subscribe()
         delay = self._config.poll_min
         while not self._stopping.is_set():
-            free = self._config.max_jobs - len(self._jobs)
-            if free <= 0:
-                self._job_done.clear()
+            room = {
+                kind: limit - len(self._jobs[kind])
+                for kind, limit in self._job_limits.items()
+                if limit > len(self._jobs[kind])
+            }
+            self._job_done.clear()
+            if not room:
                 await self._job_done.wait()
                 continue
             wake.clear()
-            jobs = await self._guarded(self._claim_jobs(free), [])
-            for job in jobs:
-                task = asyncio.create_task(self._run_job(job))
-                self._jobs.add(task)
-                task.add_done_callback(self._job_finished)
-            if jobs:
+            claimed = 0
+            for kind, free in room.items():
+                for job in await self._guarded(self._claim_jobs(free, [kind]), []):
+                    task = asyncio.create_task(self._run_job(job))
+                    self._jobs[kind].add(task)
+                    task.add_done_callback(self._jobs[kind].discard)
+                    task.add_done_callback(lambda _task: self._job_done.set())
+                    claimed += 1
+            if claimed:
                 delay = self._config.poll_min
                 continue
-            await self._idle(wake, delay)
+            # A finished job frees room for a kind that may have more waiting: look again.
+            await self._idle(wake, delay, also=self._job_done)
             delay = min(delay * 2, self._config.poll_max)
 
-    def _job_finished(self, task: asyncio.Task[None]) -> None:
-        self._jobs.discard(task)
-        self._job_done.set()
-
-    async def _claim_jobs(self, limit: int) -> list[ClaimedJob]:
+    async def _claim_jobs(self, limit: int, kinds: list[str]) -> list[ClaimedJob]:
         return await self._database.transaction(
             functools.partial(
                 queue.claim_jobs,
@@ -245,7 +256,7 @@ class Worker:
                 now=self._clock(),
                 lease=self._config.lease,
                 limit=limit,
-                kinds=list(self._handlers),
+                kinds=kinds,
             )
         )
 
@@ -388,9 +399,13 @@ class Worker:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    async def _idle(self, wake: asyncio.Event, seconds: float) -> None:
-        """Until work may have arrived, `seconds` passed, or the worker stops."""
-        waits = {asyncio.ensure_future(wake.wait()), asyncio.ensure_future(self._stopping.wait())}
+    async def _idle(
+        self, wake: asyncio.Event, seconds: float, *, also: asyncio.Event | None = None
+    ) -> None:
+        """Until work may have arrived (or `also` is set), `seconds` passed, or the worker
+        stops."""
+        events = (wake, self._stopping) if also is None else (wake, self._stopping, also)
+        waits = {asyncio.ensure_future(event.wait()) for event in events}
         try:
             await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:
