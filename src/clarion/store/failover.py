@@ -163,9 +163,7 @@ def start(
             list(columns), select(*columns.values()).where(starts.c.identity.is_not(None))
         )
     )
-    return _send(
-        conn, note=note, now=now, chains=failover_chain.c.identity.in_(select(matched.c.identity))
-    )
+    return _send(conn, note=note, now=now, identities=select(matched.c.identity))
 
 
 def _group_of(
@@ -207,10 +205,19 @@ def _next_step(note: _Notification, *, after: int) -> ColumnElement[int]:
 
 
 def _send(
-    conn: Connection, *, note: _Notification, now: datetime, chains: ColumnElement[bool]
+    conn: Connection,
+    *,
+    note: _Notification,
+    now: datetime,
+    identities: Select[Any] | Collection[str],
 ) -> int:
-    """Write the deliveries of the waiting `chains` (a condition on failover_chain) of `note`:
-    every active binding of the identity in the chain's current group."""
+    """Write the deliveries of the waiting chains of `identities` (a one-column query, or the
+    identities themselves) of `note`: every active binding of the identity in the chain's current
+    group.
+
+    Both sides of the join are limited to `identities`, so whichever the planner drives the join
+    from, it reads only their rows (SQLite without statistics takes `service_id = ?` for a few
+    rows, and would otherwise walk every binding of the service once per batch)."""
     policy = note.policy
     in_group = or_(
         *(
@@ -251,7 +258,8 @@ def _send(
         .where(
             failover_chain.c.notification_id == note.id,
             failover_chain.c.status == "waiting",
-            chains,
+            failover_chain.c.identity.in_(identities),
+            binding.c.identity.in_(identities),
             binding.c.inactive_since.is_(None),
             in_group,
         )
@@ -306,7 +314,7 @@ def _advance(
             deadline=now + timedelta(seconds=note.policy.wait),
             date_updated=now,
         )
-        .returning(failover_chain.c.id, failover_chain.c.step)
+        .returning(failover_chain.c.id, failover_chain.c.step, failover_chain.c.identity)
     ).all()
     ended = [row.id for row in moved if row.step >= count]
     if ended:
@@ -315,9 +323,9 @@ def _advance(
             .where(failover_chain.c.id.in_(ended))
             .values(status="exhausted", deadline=None)
         )
-    going = [row.id for row in moved if row.step < count]
+    going = [row.identity for row in moved if row.step < count]
     if going:
-        _send(conn, note=note, now=now, chains=failover_chain.c.id.in_(going))
+        _send(conn, note=note, now=now, identities=going)
     return len(moved)
 
 
