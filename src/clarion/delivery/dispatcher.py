@@ -116,9 +116,11 @@ class Dispatcher:
                 channel = await self._pool.get(item.credential_id)
             except ChannelUnavailableError as exc:
                 return _final(item, "failed", error_code=exc.code, error_message=exc.message)
-        breaker = self._breakers.setdefault(
-            item.credential_id or item.channel, CircuitBreaker(clock=self._seconds)
-        )
+        breaker = self._breakers.get(item.credential_id or item.channel)
+        if breaker is None:
+            breaker = self._breakers[item.credential_id or item.channel] = CircuitBreaker(
+                clock=self._seconds
+            )
         hold = breaker.hold_for()
         if hold is not None:
             return _final(

@@ -22,6 +22,7 @@ handed back (ambiguous, as it may have reached the provider).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -152,8 +153,11 @@ class Worker:
         self._job_done = asyncio.Event()
         self._results: list[Completion] = []
         # Sends cut short by `stop()`: after the request left (ambiguous), or before.
-        self._interrupted: list[int] = []
-        self._unsent: list[int] = []
+        self._interrupted: list[ClaimedDelivery] = []
+        self._unsent: list[ClaimedDelivery] = []
+        # Per notification, its deliveries claimed here and not yet stored: while there are
+        # any, the notification cannot be complete, and storing a batch need not ask.
+        self._out: collections.Counter[int] = collections.Counter()
         self._results_ready = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -314,6 +318,7 @@ class Worker:
         )
         self._in_flight += len(batch.deliveries)
         for item in batch.deliveries:
+            self._out[item.notification_id] += 1
             task = asyncio.create_task(self._send(item, batch.notifications[item.notification_id]))
             self._sends[task] = item.id
             task.add_done_callback(self._sends.pop)
@@ -329,7 +334,7 @@ class Worker:
         try:
             completion = await self._dispatcher.dispatch(item, work, sending=sending)
         except asyncio.CancelledError:
-            (self._interrupted if handed_over else self._unsent).append(item.id)
+            (self._interrupted if handed_over else self._unsent).append(item)
             self._results_ready.set()
             raise
         self._results.append(completion)
@@ -359,21 +364,20 @@ class Worker:
                 lost = len(results) - len(owned)
                 if lost:
                     log.warning("%s results dropped: their leases had run out", lost)
+            stored = collections.Counter(c.notification_id for c in results)
+            settled = {nid for nid, count in stored.items() if self._out[nid] <= count}
+            if settled:
                 await self._database.transaction(
-                    functools.partial(
-                        queue.complete_notifications,
-                        now=self._clock(),
-                        ids={c.notification_id for c in results},
-                    )
+                    functools.partial(queue.complete_notifications, now=self._clock(), ids=settled)
                 )
-            for ids, maybe_sent in ((interrupted, True), (unsent, False)):
-                if ids:
+            for items, maybe_sent in ((interrupted, True), (unsent, False)):
+                if items:
                     await self._database.transaction(
                         functools.partial(
                             queue.release_deliveries,
                             owner=self.name,
                             now=self._clock(),
-                            ids=ids,
+                            ids=[item.id for item in items],
                             maybe_sent=maybe_sent,
                         )
                     )
@@ -386,6 +390,9 @@ class Worker:
             self._results_ready.set()
             return
         self._in_flight -= len(results) + len(interrupted) + len(unsent)
+        self._out.subtract(stored)
+        self._out.subtract(item.notification_id for item in (*interrupted, *unsent))
+        self._out = +self._out  # drops the notifications with nothing left out here
         self._room.set()
 
     # -- leader ----------------------------------------------------------------------------

@@ -69,7 +69,9 @@ def _sqlite_engine(url: str, *, writer: bool) -> Engine:
             "busy_timeout=5000",
             "foreign_keys=ON",
             "temp_store=MEMORY",
-            "cache_size=-65536",
+            # KiB of page cache per connection (one writer, SQLITE_READERS readers): the OS
+            # caches the file too, and RSS must stay small with millions of rows.
+            f"cache_size=-{16384 if writer else 4096}",
         ):
             dbapi_connection.execute(f"PRAGMA {pragma}")
 
