@@ -13,10 +13,12 @@ number of them on one PostgreSQL. It runs four tasks:
   on the failover chains whose wait ran out (clarion.delivery.failover) and completes finished
   notifications.
 
-Claim loops wait on the wake-up signal (clarion.delivery.wakeup), polling with a back-off from
-`poll_min` to `poll_max` seconds. `stop()` is graceful: no new claims, sends in flight get
-`stop_timeout` seconds to finish, their results are stored, and whatever was interrupted is
-handed back (ambiguous, as it may have reached the provider).
+Claims and results are committed without waiting for the disk (`Database.transaction`,
+`durable=False`): one lost to a power cut leaves its deliveries to the lease sweeper, as a dead
+worker does. Claim loops wait on the wake-up signal (clarion.delivery.wakeup), polling with a
+back-off from `poll_min` to `poll_max` seconds. `stop()` is graceful: no new claims, sends in
+flight get `stop_timeout` seconds to finish, their results are stored, and whatever was
+interrupted is handed back (ambiguous, as it may have reached the provider).
 """
 
 from __future__ import annotations
@@ -314,7 +316,8 @@ class Worker:
                 now=self._clock(),
                 lease=self._config.lease,
                 limit=limit,
-            )
+            ),
+            durable=False,
         )
         self._in_flight += len(batch.deliveries)
         for item in batch.deliveries:
@@ -359,7 +362,8 @@ class Worker:
                         owner=self.name,
                         now=self._clock(),
                         completions=results,
-                    )
+                    ),
+                    durable=False,
                 )
                 lost = len(results) - len(owned)
                 if lost:
@@ -368,7 +372,8 @@ class Worker:
             settled = {nid for nid, count in stored.items() if self._out[nid] <= count}
             if settled:
                 await self._database.transaction(
-                    functools.partial(queue.complete_notifications, now=self._clock(), ids=settled)
+                    functools.partial(queue.complete_notifications, now=self._clock(), ids=settled),
+                    durable=False,
                 )
             for items, maybe_sent in ((interrupted, True), (unsent, False)):
                 if items:
@@ -379,7 +384,8 @@ class Worker:
                             now=self._clock(),
                             ids=[item.id for item in items],
                             maybe_sent=maybe_sent,
-                        )
+                        ),
+                        durable=False,
                     )
         except Exception:
             log.exception("storing %s results failed; trying again", len(results))

@@ -65,7 +65,6 @@ def _sqlite_engine(url: str, *, writer: bool) -> Engine:
         dbapi_connection.isolation_level = None
         for pragma in (
             "journal_mode=WAL",
-            "synchronous=FULL",  # a 201 must survive power loss, not only a crash
             "busy_timeout=5000",
             "foreign_keys=ON",
             "temp_store=MEMORY",
@@ -140,12 +139,24 @@ class Database:
                 return await connection.run_sync(fn)
         return await self._in_thread(self._read_threads, self._sqlite_reader, fn)
 
-    async def transaction(self, fn: Op[T]) -> T:
-        """Run `fn` in a transaction of its own, outside the group commit (CLI, migrations)."""
+    async def transaction(self, fn: Op[T], *, durable: bool = True) -> T:
+        """Run `fn` in a transaction of its own, outside the group commit (CLI, migrations,
+        the delivery engine).
+
+        `durable=False` commits without waiting for the disk (SQLite `synchronous=NORMAL`,
+        PostgreSQL `synchronous_commit = off`): a power loss, or a PostgreSQL crash, may undo
+        the last such commits, never corrupt anything. Only for work whose loss the queue
+        recovers from anyway: an undone claim or result leaves its deliveries `sending` until
+        their lease runs out, and they are sent again as after a worker crash.
+        """
         if self._postgres is not None:
             async with self._postgres.begin() as connection:
+                if not durable:
+                    await connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
                 return await connection.run_sync(fn)
-        return await self._in_thread(self._write_thread, self._sqlite_writer, fn)
+        return await self._in_thread(
+            self._write_thread, self._sqlite_writer, fn, pragma=_SYNCHRONOUS[durable]
+        )
 
     async def write(self, fn: Op[T]) -> T:
         """Run `fn` in the next group commit; returns its result once it is durable.
@@ -160,12 +171,26 @@ class Database:
         result: T = await asyncio.shield(pending.future)
         return result
 
-    async def _in_thread(self, pool: ThreadPoolExecutor, engine: Engine | None, fn: Op[T]) -> T:
+    async def _in_thread(
+        self,
+        pool: ThreadPoolExecutor,
+        engine: Engine | None,
+        fn: Op[T],
+        *,
+        pragma: str | None = None,
+    ) -> T:
         assert engine is not None
 
         def run() -> T:
-            with engine.begin() as connection:
-                return fn(connection)
+            with engine.connect() as connection:
+                if pragma is not None:
+                    # Straight to sqlite3, before BEGIN: a setting like `synchronous` is the
+                    # connection's, not the transaction's.
+                    driver = connection.connection.driver_connection
+                    assert driver is not None
+                    driver.execute(pragma)
+                with connection.begin():
+                    return fn(connection)
 
         return await asyncio.get_running_loop().run_in_executor(pool, run)
 
@@ -184,6 +209,10 @@ class Database:
                 outcomes = [(False, exc)] * len(batch)
             for pending, outcome in zip(batch, outcomes, strict=True):
                 _settle(pending, outcome)
+
+
+# A 201 must survive power loss, not only a crash; the engine's own bookkeeping need not.
+_SYNCHRONOUS = {True: "PRAGMA synchronous=FULL", False: "PRAGMA synchronous=NORMAL"}
 
 
 def _run_batch(conn: Connection, *, batch: list[_Pending]) -> list[tuple[bool, Any]]:
