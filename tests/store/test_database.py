@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Callable
+from datetime import datetime
 
 import pytest
 from sqlalchemy import Connection, insert, select
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError
 
 from clarion.store.clock import utcnow
 from clarion.store.database import Database
+from clarion.store.dialect import sqlite_time
 from clarion.store.tables import account
 
 
@@ -175,3 +178,12 @@ async def test_writes_after_a_failure_still_commit(database: Database) -> None:
         await database.write(lambda conn: insert_account(conn, f"{marker}-dup", sid=taken))
     await database.write(lambda conn: insert_account(conn, f"{marker}-after"))
     assert await stored_names(database, marker) == {f"{marker}-first", f"{marker}-after"}
+
+
+@pytest.mark.parametrize(
+    "value", [datetime(2026, 11, 26, 20, 5, 7, 123456), datetime(2026, 1, 2, 3, 4, 5)]
+)
+def test_sqlite_time_is_how_sqlalchemy_stores_a_time_in_sqlite(value: datetime) -> None:
+    process = sqlite.DATETIME().bind_processor(sqlite.dialect())
+    assert process is not None
+    assert sqlite_time(value) == process(value)

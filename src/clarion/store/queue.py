@@ -32,7 +32,6 @@ from sqlalchemy import (
     and_,
     bindparam,
     exists,
-    insert,
     literal_column,
     not_,
     select,
@@ -42,11 +41,11 @@ from sqlalchemy import (
 
 from clarion.credential_types import CHANNEL_CREDENTIAL_TYPES
 from clarion.store import callbacks, deliveries, failover
+from clarion.store.dialect import sqlite_time
 from clarion.store.tables import (
     binding,
     credential,
     delivery,
-    delivery_event,
     job,
     notification,
     service,
@@ -264,23 +263,17 @@ class Completion:
     slot_reserved: bool = False
 
 
-# SQLite: one writer, so the owner check cannot go stale before the per-row updates.
-_APPLY = (
-    update(delivery)
-    .where(delivery.c.id == bindparam("b_id"))
-    .values(
-        status=bindparam("b_status", type_=String),
-        attempts=delivery.c.attempts - bindparam("b_refund", type_=Integer),
-        next_attempt_at=bindparam("b_next", type_=DateTime),
-        slot_reserved=bindparam("b_slot", type_=Boolean),
-        lease_owner=None,
-        lease_expires_at=None,
-        provider_ref=bindparam("b_ref", type_=String),
-        error_code=bindparam("b_code", type_=String),
-        error_message=bindparam("b_message", type_=String),
-        date_updated=bindparam("b_now", type_=DateTime),
-    )
-)
+# SQLite: one writer, so the owner check cannot go stale before the per-row updates. Rows go
+# to sqlite3's executemany as tuples: SQLAlchemy's per-row parameter processing cost more than
+# the statement itself (profiled at 100,000 deliveries).
+_APPLY_ROWS = """
+    UPDATE delivery
+       SET status = ?, attempts = attempts - ?, next_attempt_at = ?, slot_reserved = ?,
+           provider_ref = ?, error_code = ?, error_message = ?, date_updated = ?,
+           lease_owner = NULL, lease_expires_at = NULL
+     WHERE id = ?
+"""
+_RECORD_ROWS = "INSERT INTO delivery_event (delivery_id, at, kind, detail) VALUES (?, ?, ?, ?)"
 
 # PostgreSQL: the whole batch in one statement fed by arrays (one round trip, one plan instead
 # of one per row), the owner check included; RETURNING says which rows were still ours.
@@ -376,20 +369,21 @@ def complete_deliveries(
         )
         applied = [c for c in completions if c.delivery_id in owned]
         if applied:
-            conn.execute(
-                _APPLY,
+            at = sqlite_time(now)
+            conn.exec_driver_sql(
+                _APPLY_ROWS,
                 [
-                    {
-                        "b_id": c.delivery_id,
-                        "b_status": c.status,
-                        "b_refund": int(c.refund_attempt),
-                        "b_next": c.next_attempt_at or now,
-                        "b_slot": c.slot_reserved,
-                        "b_ref": c.provider_ref,
-                        "b_code": c.error_code,
-                        "b_message": c.error_message,
-                        "b_now": now,
-                    }
+                    (
+                        c.status,
+                        int(c.refund_attempt),
+                        at if c.next_attempt_at is None else sqlite_time(c.next_attempt_at),
+                        int(c.slot_reserved),
+                        c.provider_ref,
+                        c.error_code,
+                        c.error_message,
+                        at,
+                        c.delivery_id,
+                    )
                     for c in applied
                 ],
             )
@@ -437,10 +431,11 @@ def _record(
             },
         )
         return
-    conn.execute(
-        insert(delivery_event),
+    at = sqlite_time(now)
+    conn.exec_driver_sql(
+        _RECORD_ROWS,
         [
-            {"delivery_id": delivery_id, "at": now, "kind": kind, "detail": detail or None}
+            (delivery_id, at, kind, json.dumps(detail) if detail else None)
             for delivery_id, kind, detail in events
         ],
     )
@@ -449,29 +444,36 @@ def _record(
 def _retire_bindings(conn: Connection, *, now: datetime, retired: Mapping[int, Completion]) -> None:
     """Mark bindings inactive with the provider's reason; their other queued deliveries fail.
 
-    Deliveries of the binding already being sent elsewhere keep their own result.
+    One UPDATE of bindings and one of their queued deliveries per provider answer in the batch
+    (in practice one: a batch's dead tokens all say `Unregistered`), not per binding: a fan-out
+    to many dead tokens retires hundreds of bindings per batch, and on PostgreSQL each statement
+    is a round trip. Deliveries of the binding already being sent elsewhere keep their own result.
     """
+    by_answer: dict[tuple[str | None, str], list[int]] = {}
     for binding_id, c in sorted(retired.items()):
-        reason = _reason(c)
+        by_answer.setdefault((c.error_code, _reason(c)), []).append(binding_id)
+    # (delivery id, notification id) of the deliveries failed for want of their binding.
+    orphans: list[tuple[int, int]] = []
+    for (error_code, reason), binding_ids in by_answer.items():
         conn.execute(
             update(binding)
-            .where(binding.c.id == binding_id, binding.c.inactive_since.is_(None))
+            .where(binding.c.id.in_(binding_ids), binding.c.inactive_since.is_(None))
             .values(inactive_since=now, inactive_reason=reason[:256], date_updated=now)
         )
-        orphans = conn.execute(
+        orphans += conn.execute(
             update(delivery)
-            .where(delivery.c.binding_id == binding_id, delivery.c.status == "pending")
+            .where(delivery.c.binding_id.in_(binding_ids), delivery.c.status == "pending")
             .values(
                 status="failed",
-                error_code=c.error_code,
+                error_code=error_code,
                 error_message=f"binding retired: {reason}",
                 date_updated=now,
             )
             .returning(delivery.c.id, delivery.c.notification_id)
         ).all()
-        _record(conn, now, [(row.id, "binding_retired", None) for row in orphans])
-        failover.after_failures(conn, now=now, delivery_ids=[row.id for row in orphans])
-        complete_notifications(conn, now=now, ids={row.notification_id for row in orphans})
+    _record(conn, now, [(delivery_id, "binding_retired", None) for delivery_id, _ in orphans])
+    failover.after_failures(conn, now=now, delivery_ids=[delivery_id for delivery_id, _ in orphans])
+    complete_notifications(conn, now=now, ids={notification_id for _, notification_id in orphans})
 
 
 def _reason(c: Completion) -> str:
