@@ -21,10 +21,10 @@ from clarion.addresses import BINDING_TYPES
 PARAMETER = "Failover"
 OFF = "off"
 
-# Named groups, then every binding type as a group of its own. Web push joins `push` once it
-# has a channel (issue 4).
+# Named groups, then every binding type as a group of its own. `push` is every channel whose
+# payload runs app code that confirms receipt (twi_receipt): native apps and web push.
 GROUPS: dict[str, tuple[str, ...]] = {
-    "push": ("apn", "fcm", "gcm"),
+    "push": ("apn", "fcm", "gcm", "webpush"),
     "messenger": ("facebook-messenger",),
     **{binding_type: (binding_type,) for binding_type in BINDING_TYPES},
 }

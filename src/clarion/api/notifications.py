@@ -7,6 +7,8 @@ and all the work it implies are committed together, or not at all (§4.4).
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 from datetime import datetime
 from typing import Any
 
@@ -47,6 +49,20 @@ OBJECT_CONTENT: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 # `twi_` keys are how Clarion itself talks to the apps' SDKs; callers may not forge them.
 NO_TWI_KEYS = ("Data", "Apn")
+# Clarion's e-mail override (clarion.delivery.payloads): stored and shown back only when given,
+# so a Notify client sees exactly the spec's fields.
+EMAIL = "Email"
+EMAIL_KEYS = ("subject", "text", "html", "reply_to", "headers")
+MAX_EMAIL_HEADERS = 20
+# Headers the e-mail channel writes itself, or that would change who receives the message.
+RESERVED_EMAIL_HEADERS = frozenset(
+    {
+        "from", "sender", "to", "cc", "bcc", "reply-to", "subject", "date", "message-id",
+        "return-path", "mime-version", "content-type", "content-transfer-encoding",
+    }
+)  # fmt: skip
+# RFC 5322 §2.2: printable ASCII but the colon; 76 keeps the name and its colon on one line.
+_HEADER_NAME = re.compile(r"[!-9;-~]{1,76}")
 
 
 def _content(form: Form) -> dict[str, Any]:
@@ -66,6 +82,10 @@ def _content(form: Form) -> dict[str, Any]:
         content[field] = value
     if content["sms"] is not None:
         _check_sms(content["sms"])
+    email = form.json_object(EMAIL)
+    if email is not None:
+        _check_email(email)
+        content["email"] = email
     if all(value is None for value in content.values()):
         raise errors.bad_request(
             "A notification needs content: give Body, Title, Data or a channel override "
@@ -91,6 +111,40 @@ def _check_sms(sms: dict[str, Any]) -> None:
         and sms["status_callback"].startswith(("http://", "https://"))
     ):
         raise errors.invalid_parameter("Sms", "'status_callback' must be an http or https URL")
+
+
+def _check_email(email: dict[str, Any]) -> None:
+    for key in email:
+        if key not in EMAIL_KEYS:
+            raise errors.invalid_parameter(
+                EMAIL, f"unknown key '{key}' (the keys are {', '.join(EMAIL_KEYS)})"
+            )
+    for key in ("subject", "text", "html", "reply_to"):
+        if key in email and not isinstance(email[key], str):
+            raise errors.invalid_parameter(EMAIL, f"'{key}' must be a string")
+    if any(character in email.get("subject", "") for character in "\r\n\0"):
+        raise errors.invalid_parameter(EMAIL, "'subject' must be one line of text")
+    if "reply_to" in email:
+        try:
+            addresses.normalize("email", email["reply_to"])
+        except addresses.InvalidAddressError as exc:
+            raise errors.invalid_parameter(EMAIL, f"'reply_to' is {exc}") from exc
+    headers = email.get("headers", {})
+    if not isinstance(headers, dict) or len(headers) > MAX_EMAIL_HEADERS:
+        raise errors.invalid_parameter(
+            EMAIL, f"'headers' must be an object of at most {MAX_EMAIL_HEADERS} headers"
+        )
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise errors.invalid_parameter(
+                EMAIL, f"'headers' has {json.dumps(name)}, which is not a header name"
+            )
+        if name.lower() in RESERVED_EMAIL_HEADERS:
+            raise errors.invalid_parameter(
+                EMAIL, f"'headers' may not set {name}: Clarion writes it from the notification"
+            )
+        if not isinstance(value, str) or any(character in value for character in "\r\n\0"):
+            raise errors.invalid_parameter(EMAIL, f"the header {name} must be one line of text")
 
 
 def _direct(form: Form, *, sandbox: bool) -> list[DirectAddress]:

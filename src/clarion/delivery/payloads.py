@@ -39,9 +39,11 @@ HTTP v1 (providers.md §2.2), so legacy root keys are translated and v1 keys pas
 
 Explicit v1 blocks are merged last, so `android.priority` beats a legacy `priority`.
 
-Web push and e-mail have no Twilio counterpart; their shapes are deliberately minimal until
-their channels (issue 6) need more. A built payload may share nested values with the content:
-treat both as read-only.
+Web push and e-mail have no Twilio counterpart. Web push sends the JSON a service worker reads:
+`title`, `body`, `data` and `twi_receipt`. An e-mail's subject is Title and its plain text Body;
+the Email override's `subject` and `text` win over them, and it adds `html` (an HTML
+alternative, or the only part), `reply_to` and `headers` (api/notifications.py checks them).
+A built payload may share nested values with the content: treat both as read-only.
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ MISSING_MESSENGER_BODY = 52203
 # Messaging, whose own answer for exactly this case is 21602 "Message body is required".
 SMS_BODY_REQUIRED = 21602
 
+# Email override keys passed to the e-mail channel as they are, when given.
+EMAIL_EXTRAS = ("html", "reply_to", "headers")
 # Generic fields Twilio copies into FCM/GCM data as `twi_<field>` (§4.4).
 _FIREBASE_TEXT_FIELDS = ("title", "body", "sound", "action")
 # aps keys that make an APNs push visible (or already a background one): without them, custom
@@ -319,11 +323,18 @@ def _webpush(content: Mapping[str, Any], receipt: str | None) -> dict[str, Any]:
 
 
 def _email(content: Mapping[str, Any], receipt: str | None) -> dict[str, Any]:
-    """Subject and plain text; minimal until the e-mail channel needs more."""
-    text = _text(content, "body")
-    if not text:
-        raise PayloadError(errors.INVALID_PARAMETER, "An e-mail needs a Body")
-    return {"subject": _text(content, "title"), "text": text}
+    """What clarion.channels.email composes: subject, text and the Email override's extras."""
+    override = content.get("email") or {}
+    text = override.get("text") or _text(content, "body")
+    html = override.get("html")
+    if not text and not html:
+        raise PayloadError(
+            errors.INVALID_PARAMETER,
+            "An e-mail needs a Body, or text or html in the Email override",
+        )
+    payload = {"subject": override.get("subject") or _text(content, "title"), "text": text}
+    payload.update({key: override[key] for key in EMAIL_EXTRAS if override.get(key)})
+    return payload
 
 
 _BUILDERS: dict[str, _Builder] = {

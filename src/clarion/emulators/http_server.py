@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import ssl
 from collections.abc import Coroutine, Mapping
 from typing import Any, Self
 
@@ -57,10 +58,20 @@ class AiohttpEmulator(abc.ABC):
     """A provider's HTTP API on `url` once `start()` has bound it; `close()` stops it and the
     callbacks it was making."""
 
-    def __init__(self, *, host: str, port: int, shutdown_timeout: float) -> None:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        shutdown_timeout: float,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         """`shutdown_timeout`: seconds `close()` lets open requests finish before it cuts them
-        off. Never 0: aiohttp reads 0 as no limit at all, and would wait for every one."""
+        off. Never 0: aiohttp reads 0 as no limit at all, and would wait for every one.
+        `ssl_context` serves https, for a provider whose addresses must be https URLs (web push
+        endpoints)."""
         self.host = host
+        self._ssl_context = ssl_context
         self.port = port
         self._shutdown_timeout = shutdown_timeout
         self._runner: web.AppRunner | None = None
@@ -70,7 +81,8 @@ class AiohttpEmulator(abc.ABC):
     def url(self) -> str:
         if self._runner is None:
             raise RuntimeError(f"{type(self).__name__} is not started")
-        return f"http://{self.host}:{self.port}"
+        scheme = "http" if self._ssl_context is None else "https"
+        return f"{scheme}://{self.host}:{self.port}"
 
     @abc.abstractmethod
     def routes(self, app: web.Application) -> None:
@@ -87,7 +99,7 @@ class AiohttpEmulator(abc.ABC):
             shutdown_timeout=self._shutdown_timeout,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self._ssl_context)
         await site.start()
         self.port = self._runner.addresses[0][1]
 
