@@ -32,7 +32,7 @@ from clarion.delivery import channels, wakeup
 from clarion.delivery.channel_pool import ChannelFactory, Fallback
 from clarion.delivery.channels import Endpoints
 from clarion.delivery.worker import Worker, WorkerConfig
-from clarion.sandbox import SANDBOX_CREDENTIAL_SID, Sandbox
+from clarion.sandbox import Sandbox
 from clarion.store import accounts, migrate
 from clarion.store.database import Database
 from clarion.vault import Vault
@@ -149,20 +149,14 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> None:
     await migrate.upgrade(database)
     account = await _ready_account(database, vault)
     endpoints = Endpoints(public_url=settings.public_url or f"http://{host}:{port}")
-    sandbox = (
-        Sandbox(sms_status_callback=endpoints.sms_status_callback(SANDBOX_CREDENTIAL_SID))
-        if args.sandbox
-        else None
-    )
+    sandbox = Sandbox(endpoints=endpoints) if args.sandbox else None
     # Without workers here the API still NOTIFYs the worker processes (PostgreSQL).
     work_signal = wakeup.signal_for(database, listen=not args.no_workers)
     app = create_app(
         database=database,
         vault=vault,
         on_enqueued=work_signal.notify,
-        webhook_tokens={}
-        if sandbox is None
-        else {SANDBOX_CREDENTIAL_SID: sandbox.twilio_auth_token},
+        webhook_tokens={} if sandbox is None else sandbox.webhook_secrets,
         sandbox=sandbox is not None,
     )
     _run_alongside(app, work_signal)

@@ -1,12 +1,14 @@
 """`clarion serve --sandbox`: every provider emulated in this process, so a new user sees the
-whole flow — register, send, deliver, retire dead tokens, SMS delivered reports — with no
-provider account.
+whole flow — register, send, deliver, retire dead tokens, SMS delivered reports, Messenger
+delivery webhooks — with no provider account.
 
 A service without a credential for a channel sends through the emulator of that channel; a
 service that has one keeps using it. The emulators script outcomes from the address (README,
 "Sandbox"): APNs/FCM tokens starting `dead` are unregistered, `bad` invalid, `slow` answered
 after 5 s; Twilio's magic test numbers fail as Twilio's do; Messenger ids starting `dead` are
-unavailable (551).
+unavailable (551); web-push endpoints whose last segment starts `dead` are gone (410), `bad`
+unknown (404); e-mail local parts starting `dead` have no mailbox (550), `bad` are refused (553),
+`busy` are deferred (451).
 """
 
 from __future__ import annotations
@@ -16,38 +18,61 @@ import secrets
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from clarion import credential_types
 from clarion.channels.apns import ApnsChannel
 from clarion.channels.base import Channel
+from clarion.channels.email import EmailChannel
 from clarion.channels.fcm import FcmChannel
 from clarion.channels.messenger import MessengerChannel
 from clarion.channels.twilio_sms import TwilioSmsChannel
+from clarion.channels.webpush import WebPushChannel
+from clarion.delivery.channels import Endpoints
 from clarion.emulators.apns import ApnsEmulator
 from clarion.emulators.fcm import FcmEmulator
 from clarion.emulators.messenger import MessengerEmulator
+from clarion.emulators.smtp import SmtpEmulator
 from clarion.emulators.twilio import TwilioEmulator
+from clarion.emulators.webpush import WebPushEmulator
 
-# The credential SID the sandbox's SMS status callbacks name: no stored credential has it
-# (a SID's hex is random), and the webhook checks them against the sandbox's own auth token.
+# The credential SIDs the sandbox's SMS status callbacks and Messenger webhooks name: no stored
+# credential has them (a SID's hex is random), and the webhooks check them against the sandbox's
+# own auth token and app secret (`webhook_secrets`).
 SANDBOX_CREDENTIAL_SID = "CR" + "0" * 32
+SANDBOX_MESSENGER_CREDENTIAL_SID = "CR" + "0" * 31 + "1"
 SANDBOX_TOPIC = "com.clarion.sandbox"
 SANDBOX_SENDER = "+15005550006"  # Twilio's magic "valid From" number
 SANDBOX_PAGE = "1000000000"
+# The VAPID contact and the e-mail sender of the sandbox's own web-push and e-mail channels.
+SANDBOX_CONTACT = "sandbox@clarion.invalid"
 
 
 class Sandbox:
-    def __init__(self, *, sms_status_callback: str, slow_delay: float = 5.0) -> None:
-        """`sms_status_callback` is where the Twilio emulator reports on each SMS (Clarion's
-        webhook for SANDBOX_CREDENTIAL_SID, checked with `twilio_auth_token`)."""
-        self._sms_status_callback = sms_status_callback
+    def __init__(self, *, endpoints: Endpoints, slow_delay: float = 5.0) -> None:
+        """The emulators report to Clarion at `endpoints`: the Twilio emulator's status
+        callbacks and the Messenger emulator's delivery webhooks name the sandbox's credential
+        SIDs, signed with secrets only this process holds."""
+        self._sms_status_callback = endpoints.sms_status_callback(SANDBOX_CREDENTIAL_SID)
         self.twilio_account_sid = "AC" + secrets.token_hex(16)
         self.twilio_auth_token = secrets.token_hex(16)
         self._page_token = secrets.token_urlsafe(24)
+        self._app_secret = secrets.token_hex(16)
         self.apns = ApnsEmulator(slow_delay=slow_delay)
         self.fcm = FcmEmulator(slow_delay=slow_delay)
         self.twilio = TwilioEmulator(accounts={self.twilio_account_sid: self.twilio_auth_token})
         self.messenger = MessengerEmulator(
-            pages={SANDBOX_PAGE: self._page_token}, slow_delay=slow_delay
+            pages={SANDBOX_PAGE: self._page_token},
+            slow_delay=slow_delay,
+            webhook_url=endpoints.messenger_webhook(SANDBOX_MESSENGER_CREDENTIAL_SID),
+            app_secret=self._app_secret,
         )
+        # Any subscription is pushed to the emulator, which decrypts those it issued.
+        self.webpush = WebPushEmulator(slow_delay=slow_delay, accept_unknown=True)
+        self.smtp = SmtpEmulator(security="starttls", slow_delay=slow_delay)
+        vapid: dict[str, str] = {}
+        credential_types.TYPES["webpush"].complete(vapid)  # a fresh key pair
+        self._vapid_private_key = vapid["VapidPrivateKey"]
+        # What a page passes to `pushManager.subscribe()` to receive the sandbox's pushes.
+        self.vapid_public_key = vapid["VapidPublicKey"]
         self._channels: dict[str, Channel] = {}
 
     async def start(self) -> None:
@@ -71,11 +96,42 @@ class Sandbox:
                 page_access_token=self._page_token,
                 base_url=self.messenger.url,
             ),
+            "webpush": WebPushChannel(
+                vapid_private_key=self._vapid_private_key,
+                subject=f"mailto:{SANDBOX_CONTACT}",
+                push_service_url=self.webpush.url,
+                ssl_context=self.webpush.client_ssl_context(),
+            ),
+            "email": EmailChannel(
+                host=self.smtp.host,
+                port=self.smtp.port,
+                sender=SANDBOX_CONTACT,
+                security="starttls",
+                tls_context=self.smtp.client_ssl_context(),
+                local_hostname="clarion.invalid",
+            ),
         }
 
     @property
-    def _emulators(self) -> tuple[ApnsEmulator, FcmEmulator, TwilioEmulator, MessengerEmulator]:
-        return (self.apns, self.fcm, self.twilio, self.messenger)
+    def webhook_secrets(self) -> dict[str, str]:
+        """What signs the emulators' webhooks, by the credential SID their URLs name."""
+        return {
+            SANDBOX_CREDENTIAL_SID: self.twilio_auth_token,
+            SANDBOX_MESSENGER_CREDENTIAL_SID: self._app_secret,
+        }
+
+    @property
+    def _emulators(
+        self,
+    ) -> tuple[
+        ApnsEmulator,
+        FcmEmulator,
+        TwilioEmulator,
+        MessengerEmulator,
+        WebPushEmulator,
+        SmtpEmulator,
+    ]:
+        return (self.apns, self.fcm, self.twilio, self.messenger, self.webpush, self.smtp)
 
     def _apns_channel(self) -> ApnsChannel:
         key = ec.generate_private_key(ec.SECP256R1())

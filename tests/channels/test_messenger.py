@@ -20,7 +20,11 @@ import pytest
 from aiohttp import web
 
 from clarion.channels.base import Message, Outcome
-from clarion.channels.messenger import MessengerChannel, verify_webhook_signature
+from clarion.channels.messenger import (
+    MessengerChannel,
+    delivery_events,
+    verify_webhook_signature,
+)
 from clarion.emulators.messenger import MessengerEmulator
 
 PAGE_ID = "1122334455"
@@ -340,7 +344,10 @@ async def webhook() -> AsyncIterator[WebhookReceiver]:
 @pytest.fixture
 async def graph_with_webhook(webhook: WebhookReceiver) -> AsyncIterator[MessengerEmulator]:
     emulator = MessengerEmulator(
-        pages={PAGE_ID: PAGE_TOKEN}, webhook_url=webhook.url, app_secret=APP_SECRET
+        pages={PAGE_ID: PAGE_TOKEN},
+        webhook_url=webhook.url,
+        app_secret=APP_SECRET,
+        webhook_delay=0,
     )
     async with emulator:
         yield emulator
@@ -367,6 +374,29 @@ async def test_delivery_events_are_signed_with_the_app_secret(
     [event] = entry["messaging"]
     assert event["sender"] == {"id": PSID}
     assert event["delivery"]["mids"] == [result.provider_ref]
+
+
+async def test_a_delivery_event_reads_as_the_message_it_confirms(
+    graph_with_webhook: MessengerEmulator, webhook: WebhookReceiver
+) -> None:
+    channel = messenger(graph_with_webhook)
+    before = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+    result = await channel.send(text())
+    await channel.close()
+
+    body, _header = await webhook.next()
+
+    (event,) = delivery_events(body)
+    assert (event.psid, event.mids) == (PSID, (result.provider_ref,))
+    assert before <= event.watermark <= datetime.now(UTC).replace(tzinfo=None)
+
+
+async def test_other_webhook_events_are_no_delivery_events() -> None:
+    message = {"sender": {"id": PSID}, "recipient": {"id": PAGE_ID}, "message": {"text": "hi"}}
+    page = {"object": "page", "entry": [{"id": PAGE_ID, "messaging": [message]}]}
+
+    assert delivery_events(json.dumps(page).encode()) == []
+    assert delivery_events(b'{"object": "instagram", "entry": [{"messaging": [1]}]}') == []
 
 
 async def test_a_forged_webhook_is_rejected(

@@ -35,14 +35,7 @@ class Form:
 
     @classmethod
     async def from_body(cls, request: Request) -> Form:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            raise _too_large()
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY_BYTES:
-                raise _too_large()
+        body = await read_body(request)
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if body and content_type != FORM_CONTENT_TYPE:
             raise errors.ClarionError(
@@ -51,7 +44,7 @@ class Form:
                 f"Unsupported Content-Type {content_type or '(none)'!r}: send the parameters "
                 f"as {FORM_CONTENT_TYPE}",
             )
-        return cls(_parse(bytes(body), "request body"))
+        return cls(_parse(body, "request body"))
 
     @classmethod
     def from_query(cls, request: Request) -> Form:
@@ -178,6 +171,19 @@ def parse_json_object(name: str, text: str) -> dict[str, Any]:
     except UnicodeEncodeError as exc:
         raise errors.invalid_parameter(name, "contains invalid Unicode escapes") from exc
     return value
+
+
+async def read_body(request: Request) -> bytes:
+    """The raw request body, refused (413) past MAX_BODY_BYTES before it is all read."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise _too_large()
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise _too_large()
+    return bytes(body)
 
 
 def _bad_day(name: str) -> date:

@@ -1,4 +1,4 @@
-"""Facebook Messenger through the Graph API Send API.
+"""Facebook Messenger through the Graph API Send API, and the webhooks that report deliveries.
 
 Graph reports every failure in one envelope, `{"error": {"code", "error_subcode", …}}`; the
 code/subcode pair, not the HTTP status, says whether to retry, retire the recipient or give up.
@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -130,3 +133,76 @@ def verify_webhook_signature(body: bytes, header: str, app_secret: str) -> bool:
         return False
     expected = hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
     return hmac.compare_digest(expected.encode(), digest.strip().lower().encode())
+
+
+def webhook_verify_token(app_secret: str, credential_sid: str) -> str:
+    """The `hub.verify_token` Clarion expects when Meta subscribes the credential's webhook.
+
+    Derived rather than stored: HMAC-SHA256 of the credential SID keyed with the App Secret, so
+    whoever holds the secret can compute it (docs/api.md, Webhooks) and nobody else can.
+    """
+    return hmac.new(app_secret.encode(), credential_sid.encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryEvent:
+    """A `message_deliveries` or `message_reads` webhook event: messages the person's device has.
+
+    Either the messages are named (`mids`), or only `watermark` says which: every message sent
+    to `psid` up to that moment (Messenger omits `mids` for older clients, and read events never
+    carry them).
+    """
+
+    psid: str
+    mids: tuple[str, ...]
+    # Naive UTC, as the store keeps time.
+    watermark: datetime
+
+
+def delivery_events(body: bytes) -> list[DeliveryEvent]:
+    """The delivery and read events of one webhook POST (§5.3), in order.
+
+    Other events a page may be subscribed to (messages, postbacks, echoes) are skipped, and so
+    is a body for another object than a page. ValueError says what is malformed.
+    """
+    document = json.loads(body)
+    if not isinstance(document, dict):
+        raise ValueError("expected a JSON object")
+    if document.get("object") != "page":
+        return []
+    events: list[DeliveryEvent] = []
+    for entry in _list(document, "entry"):
+        for event in _list(entry, "messaging"):
+            for kind in ("delivery", "read"):
+                detail = event.get(kind)
+                if detail is not None:
+                    events.append(_delivery_event(event, kind, detail))
+    return events
+
+
+def _list(parent: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
+    """`parent[name]`, a list of objects; absent is empty."""
+    items = parent.get(name, [])
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise ValueError(f"expected {name} to be a list of objects")
+    return items
+
+
+def _delivery_event(event: Mapping[str, Any], kind: str, detail: Any) -> DeliveryEvent:
+    sender = event.get("sender")
+    psid = sender.get("id") if isinstance(sender, dict) else None
+    if not isinstance(psid, str) or not psid:
+        raise ValueError(f"a {kind} event without sender.id")
+    if not isinstance(detail, dict):
+        raise ValueError(f"expected {kind} to be an object")
+    mids = (detail.get("mids") or ()) if kind == "delivery" else ()
+    if not isinstance(mids, list | tuple) or not all(isinstance(mid, str) for mid in mids):
+        raise ValueError("expected delivery.mids to be a list of message ids")
+    watermark = detail.get("watermark")
+    if isinstance(watermark, bool) or not isinstance(watermark, int | float):
+        raise ValueError(f"expected {kind}.watermark to be a timestamp in milliseconds")
+    try:
+        at = datetime.fromtimestamp(watermark / 1000, UTC)
+    except (OverflowError, OSError, ValueError) as exc:
+        raise ValueError(f"{kind}.watermark {watermark} is not a time") from exc
+    return DeliveryEvent(psid=psid, mids=tuple(mids), watermark=at.replace(tzinfo=None))

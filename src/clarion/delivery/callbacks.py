@@ -14,7 +14,9 @@ form fields in all: clarion.store.callbacks.BATCH_SIZE says why):
   "identity"}`: `sid` is the provider's message id (`SM…` for SMS), else the delivery's `DL…`
   SID; `type` the binding type; `status` `SENT` (handed to the provider; also when it has since
   reported the message delivered), `FAILED` or `EXPIRED` (never sent within the TTL). Twilio
-  left this encoding undocumented; this is Clarion's.
+  left this encoding undocumented; this is Clarion's. A delivery of a failover chain also has
+  `delivery_sid` (its `DL…` SID), `failover_of`, `failover_step` and `failover_reason`, as the
+  Deliveries API shows them; other deliveries have exactly the keys above.
 
 Each request carries `X-Twilio-Signature`, computed with the account's auth token as Twilio
 signs its webhooks (providers.md §3.4), so `RequestValidator` accepts it. A 2xx answer
@@ -200,8 +202,9 @@ def form(who: Sender, sequence: int, batch: Batch) -> list[tuple[str, str]]:
 
 
 def delivery_state(item: Reported) -> dict[str, Any]:
-    return {
-        "sid": item.provider_ref or sids.row_sid(sids.DELIVERY, item.id),
+    delivery_sid = sids.row_sid(sids.DELIVERY, item.id)
+    state: dict[str, Any] = {
+        "sid": item.provider_ref or delivery_sid,
         "address": item.address,
         "type": item.channel,
         "status": STATES[item.status],
@@ -210,3 +213,14 @@ def delivery_state(item: Reported) -> dict[str, Any]:
         "binding_sid": item.binding_sid,
         "identity": item.identity,
     }
+    if item.failover_step is not None:
+        # Extension keys, as the Deliveries API names them; `delivery_sid` is what another
+        # delivery's `failover_of` refers to, since `sid` is the provider's id when there is one.
+        previous = item.failover_of
+        state |= {
+            "delivery_sid": delivery_sid,
+            "failover_of": None if previous is None else sids.row_sid(sids.DELIVERY, previous),
+            "failover_step": item.failover_step,
+            "failover_reason": item.failover_reason,
+        }
+    return state

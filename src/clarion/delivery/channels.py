@@ -15,9 +15,11 @@ from clarion import errors
 from clarion.channels import fcm, messenger, twilio_sms
 from clarion.channels.apns import ApnsChannel
 from clarion.channels.base import Channel
+from clarion.channels.email import EmailChannel
 from clarion.channels.fcm import FcmChannel
 from clarion.channels.messenger import MessengerChannel
 from clarion.channels.twilio_sms import TwilioSmsChannel
+from clarion.channels.webpush import WebPushChannel
 from clarion.credential_types import PROVIDER_URL
 from clarion.delivery.channel_pool import ChannelFactory, ChannelUnavailableError, Credential
 
@@ -31,6 +33,11 @@ class Endpoints:
 
     def sms_status_callback(self, credential_sid: str) -> str:
         return f"{self.public_url}/v1/Callbacks/Sms/{credential_sid}"
+
+    def messenger_webhook(self, credential_sid: str) -> str:
+        """The Callback URL of a Messenger credential's page webhook. Meta takes it once, in the
+        app's dashboard, not per message: only the sandbox's emulator is given it by Clarion."""
+        return f"{self.public_url}/v1/Callbacks/Messenger/{credential_sid}"
 
 
 def factory(endpoints: Endpoints) -> ChannelFactory:
@@ -93,6 +100,25 @@ def _messenger(credential: Credential, _endpoints: Endpoints) -> Channel:
     )
 
 
+def _webpush(credential: Credential, _endpoints: Endpoints) -> Channel:
+    return WebPushChannel(
+        vapid_private_key=credential.secret["VapidPrivateKey"],
+        subject=credential.settings["Subject"],
+    )
+
+
+def _smtp(credential: Credential, _endpoints: Endpoints) -> Channel:
+    settings = credential.settings
+    return EmailChannel(
+        host=settings["Host"],
+        port=int(settings["Port"]),
+        security=settings["Security"],
+        sender=settings["From"],
+        username=settings.get("Username"),
+        password=credential.secret.get("Password"),
+    )
+
+
 _UNSUPPORTED = {
     "gcm": "Google shut down the legacy GCM/FCM API that server keys use: create an fcm "
     "credential from the Firebase service account and use it instead",
@@ -103,4 +129,6 @@ _BUILDERS: dict[str, Callable[[Credential, Endpoints], Channel]] = {
     "fcm": _fcm,
     "twilio-sms": _twilio_sms,
     "messenger": _messenger,
+    "webpush": _webpush,
+    "smtp": _smtp,
 }

@@ -111,12 +111,14 @@ class MessengerEmulator(AiohttpEmulator):
         accept_unknown_psids: bool = True,
         webhook_url: str | None = None,
         app_secret: str | None = None,
+        webhook_delay: float = 1.0,
     ) -> None:
         """`pages` maps page id → page access token. `rate_limit` calls per `rate_window`
         seconds per page pass (300/s is Messenger's text cap). With `accept_unknown_psids`
         (the sandbox) a PSID nobody set up is a user who just wrote; without it, it matches
         no user, as on the real API. Delivery events go to `webhook_url`, signed with
-        `app_secret`."""
+        `app_secret`, `webhook_delay` seconds after the message was accepted: the device gets
+        it later, and the sender has stored the message id by then."""
         if (webhook_url is None) != (app_secret is None):
             raise ValueError("webhook_url and app_secret go together")
         # Closing cuts off `slow…` answers rather than waiting them out.
@@ -130,6 +132,7 @@ class MessengerEmulator(AiohttpEmulator):
         self._accept_unknown_psids = accept_unknown_psids
         self._webhook_url = webhook_url
         self._app_secret = app_secret or ""
+        self._webhook_delay = webhook_delay
         self._last_wrote: dict[str, datetime] = {}
         self._scripted: dict[str, tuple[int, int | None]] = {}
 
@@ -248,6 +251,7 @@ class MessengerEmulator(AiohttpEmulator):
 
     async def _confirm_delivery(self, received: ReceivedMessage, url: str) -> None:
         """Post the `message_deliveries` event Messenger sends once the user's device has it."""
+        await asyncio.sleep(self._webhook_delay)
         now_ms = int(time.time() * 1000)
         event = {
             "sender": received.recipient,

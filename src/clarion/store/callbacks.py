@@ -138,6 +138,10 @@ class Reported:
     error_message: str | None
     binding_sid: str | None
     identity: str | None
+    # Its place in a failover chain (clarion.store.failover); all None outside one.
+    failover_of: int | None
+    failover_step: int | None
+    failover_reason: str | None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -162,6 +166,9 @@ def load_batch(
             delivery.c.error_message,
             binding.c.sid.label("binding_sid"),
             delivery.c.identity,
+            delivery.c.failover_of,
+            delivery.c.failover_step,
+            delivery.c.failover_reason,
         )
         .select_from(delivery.outerjoin(binding, binding.c.id == delivery.c.binding_id))
         .where(
