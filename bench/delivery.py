@@ -38,7 +38,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -503,8 +503,15 @@ def binding_fields(number: int) -> list[tuple[str, str]]:
     ]
 
 
-async def create_bindings(api: Api, service: str, count: int, concurrency: int) -> float:
-    """POST `count` bindings, `concurrency` at a time (retrying a failed one twice); seconds."""
+async def create_bindings(
+    api: Api,
+    service: str,
+    count: int,
+    concurrency: int,
+    fields: Callable[[int], list[tuple[str, str]]] = binding_fields,
+) -> float:
+    """POST `count` bindings (`fields(n)` each), `concurrency` at a time (retrying a failed one
+    twice); seconds."""
     numbers = iter(range(count))
     failures: list[str] = []
     done = 0
@@ -517,7 +524,7 @@ async def create_bindings(api: Api, service: str, count: int, concurrency: int) 
             for _ in range(3):
                 try:
                     status, body = await api.call(
-                        "POST", f"/v1/Services/{service}/Bindings", binding_fields(number)
+                        "POST", f"/v1/Services/{service}/Bindings", fields(number)
                     )
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     status, body = 0, repr(exc)

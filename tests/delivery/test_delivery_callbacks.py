@@ -108,9 +108,12 @@ class Application:
 
 
 class AcceptingChannel:
-    """Every address accepted, with a provider id made of the delivery key."""
+    """Every address accepted, with a provider id made of the delivery key; but `dead…`, an
+    unregistered device token."""
 
     async def send(self, message: Message) -> Result:
+        if message.address.startswith("dead"):
+            return Result(outcome=Outcome.DEAD_ADDRESS, error_code="Unregistered")
         return Result(outcome=Outcome.ACCEPTED, provider_ref=f"ref-{message.key}")
 
     async def close(self) -> None:
@@ -337,6 +340,55 @@ async def test_each_delivery_state_says_what_became_of_one_delivery(
     assert (failed["binding_sid"], failed["identity"]) == (None, None)
 
 
+async def test_deliveries_of_a_failover_chain_also_say_where_they_stand_in_it(
+    api: httpx.AsyncClient, engine: Engine, application: Application
+) -> None:
+    """The Deliveries API's chain fields, as extension keys: only on deliveries of a chain (the
+    plain delivery above has exactly Notify's keys)."""
+    service_sid = await create_service(api)
+    for binding_type, address in (("apn", "dead" + "0" * 60), ("sms", "+15005550006")):
+        response = await api.post(
+            f"/v1/Services/{service_sid}/Bindings",
+            data={"Identity": "alice", "BindingType": binding_type, "Address": address},
+        )
+        assert response.status_code == 201, response.text
+    await notify(
+        api,
+        service_sid,
+        Identity="alice",
+        Failover=json.dumps({"channels": ["push", "sms"], "wait": 120}),
+        DeliveryCallbackUrl=application.url("/chain"),
+    )
+    worker = engine.worker()
+    await send_everything(worker)
+    engine.clock.advance(seconds=121)  # nobody confirms the SMS: the chain runs out
+    await send_everything(worker)
+
+    ((push, sms),) = [post.states() for post in application.at("/chain")]
+    assert push["delivery_sid"].startswith("DL")
+    assert push == {
+        "sid": push["delivery_sid"],  # no provider id: APNs refused the token
+        "address": "dead" + "0" * 60,
+        "type": "apn",
+        "status": "FAILED",
+        "error_code": "Unregistered",
+        "error_message": None,
+        "binding_sid": push["binding_sid"],
+        "identity": "alice",
+        "delivery_sid": push["delivery_sid"],
+        "failover_of": None,
+        "failover_step": 0,
+        "failover_reason": None,
+    }
+    assert sms["sid"].startswith("ref-")
+    assert (sms["type"], sms["status"]) == ("sms", "SENT")
+    assert (sms["failover_of"], sms["failover_step"], sms["failover_reason"]) == (
+        push["delivery_sid"],
+        1,
+        "dead_token",
+    )
+
+
 async def test_a_notification_without_deliveries_gets_one_empty_final_batch(
     api: httpx.AsyncClient, engine: Engine, application: Application
 ) -> None:
@@ -449,6 +501,37 @@ async def test_an_endpoint_that_never_answers_fails_the_callback_after_its_attem
         "last_error": f"batch 0: no answer within {CALLBACK_TIMEOUT:g} s",
         "batches_sent": 0,
     }
+
+
+async def test_callback_posts_held_by_a_silent_endpoint_do_not_hold_up_fan_outs(
+    api: httpx.AsyncClient, engine: Engine, application: Application
+) -> None:
+    service_sid = await create_service(api)
+    room = WorkerConfig().max_callback_posts
+    application.scripts["/silent"] = [SILENCE] * room
+    for _ in range(room):
+        await notify(api, service_sid, tokens(1), callback=application.url("/silent"))
+    worker = engine.worker(callback_timeout=600)
+    await worker.start()
+    async with asyncio.timeout(30):
+        while len(application.at("/silent")) < room:  # every callback post is out, unanswered
+            application.arrived.clear()
+            await application.arrived.wait()
+
+    registered = await api.post(
+        f"/v1/Services/{service_sid}/Bindings",
+        data={"Identity": "alice", "BindingType": "apn", "Address": tokens(1)[0]},
+    )
+    assert registered.status_code == 201, registered.text
+    sid = await notify(api, service_sid, Identity="alice")  # a fan-out job
+
+    async with asyncio.timeout(30):
+        while True:
+            fetched = await api.get(f"/v1/Services/{service_sid}/Notifications/{sid}")
+            if fetched.json()["status"] == "completed":
+                break
+            await asyncio.sleep(0.05)
+    assert fetched.json()["deliveries"]["sent"] == 1
 
 
 async def test_a_worker_that_dies_mid_callback_is_resumed_without_resending_acknowledged_batches(

@@ -502,6 +502,23 @@ async def test_a_dead_token_moves_on_to_sms_at_once(setup: Setup, worker: Worker
     assert (chain["step"], chain["status"], chain["reason"]) == (1, "waiting", "dead_token")
 
 
+async def test_a_moved_chain_is_due_ahead_of_the_deliveries_already_queued(
+    setup: Setup, worker: Worker
+) -> None:
+    dead = "dead" + TOKEN[4:]
+    await alice_with_push_and_sms(setup, push=dead)
+    notification_id = await setup.notify(tags=["news"])
+    await worker.run_jobs()  # the fan-out queues the push now
+    setup.clock.advance(seconds=30)  # it fails half a minute later
+
+    await worker.dispatch_once()
+
+    rows = await setup.deliveries(notification_id)
+    # Claims go by due time: due when the notification was made, the SMS goes before whatever
+    # the fan-out queued (a 100,000-binding tag, say), not after all of it.
+    assert rows[PHONE]["next_attempt_at"] <= rows[dead]["date_created"]
+
+
 async def test_a_refused_push_moves_on_with_reason_failed(setup: Setup, worker: Worker) -> None:
     refused = "fail" + TOKEN[4:]
     await alice_with_push_and_sms(setup, push=refused)

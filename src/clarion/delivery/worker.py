@@ -49,6 +49,7 @@ from clarion.delivery.receipts import ReceiptTokens
 from clarion.delivery.throttle import SendSlots
 from clarion.delivery.wakeup import LeaderLock, WorkSignal
 from clarion.store import callbacks as store_callbacks
+from clarion.store import failover as store_failover
 from clarion.store import queue
 from clarion.store.clock import utcnow
 from clarion.store.database import Database
@@ -368,6 +369,11 @@ class Worker:
                 lost = len(results) - len(owned)
                 if lost:
                     log.warning("%s results dropped: their leases had run out", lost)
+                # A failover chain whose group has now failed moved on in that transaction, and
+                # its next group's deliveries are due at once: claim them now, not at the next
+                # poll (up to `poll_max` away once the claim loops have gone idle).
+                if any(c.status in store_failover.ENDED for c in results if c.delivery_id in owned):
+                    self._signal.notify()
             stored = collections.Counter(c.notification_id for c in results)
             settled = {nid for nid, count in stored.items() if self._out[nid] <= count}
             if settled:

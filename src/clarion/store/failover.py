@@ -79,6 +79,7 @@ class _Notification:
     priority: int
     ttl: int
     expires_at: datetime
+    date_created: datetime
 
 
 def _notification(conn: Connection, notification_id: int) -> _Notification | None:
@@ -90,6 +91,7 @@ def _notification(conn: Connection, notification_id: int) -> _Notification | Non
             notification.c.priority,
             notification.c.ttl,
             notification.c.expires_at,
+            notification.c.date_created,
         ).where(notification.c.id == notification_id)
     ).first()
     if row is None or row.failover is None:
@@ -101,6 +103,7 @@ def _notification(conn: Connection, notification_id: int) -> _Notification | Non
         priority=PRIORITY_RANK[row.priority],
         ttl=row.ttl,
         expires_at=row.expires_at,
+        date_created=row.date_created,
     )
 
 
@@ -132,7 +135,11 @@ def start(
     note = _notification(conn, notification_id)
     assert note is not None, "only a notification with a failover policy has chains"
     policy = note.policy
-    matched = identities.subquery("matched")
+    # The chunk's identities as values: as a subquery, PostgreSQL without statistics joined the
+    # service's bindings to themselves (quadratic in the service's size).
+    names = list(conn.scalars(identities))
+    if not names:
+        return 0
     # Each identity's first group with an active binding: one pass over its bindings (an
     # aggregate, so the engine computes it once per identity however often it is used below).
     own = binding.alias("own")
@@ -140,7 +147,7 @@ def start(
         select(own.c.identity, func.min(_group_of(note, own.c.binding_type)).label("first"))
         .where(
             own.c.service_id == note.service_id,
-            own.c.identity.in_(select(matched.c.identity)),
+            own.c.identity.in_(names),
             own.c.inactive_since.is_(None),
         )
         .group_by(own.c.identity)
@@ -163,7 +170,7 @@ def start(
             list(columns), select(*columns.values()).where(starts.c.identity.is_not(None))
         )
     )
-    return _send(conn, note=note, now=now, identities=select(matched.c.identity))
+    return _send(conn, note=note, now=now, identities=names)
 
 
 def _group_of(
@@ -209,11 +216,10 @@ def _send(
     *,
     note: _Notification,
     now: datetime,
-    identities: Select[Any] | Collection[str],
+    identities: Collection[str],
 ) -> int:
-    """Write the deliveries of the waiting chains of `identities` (a one-column query, or the
-    identities themselves) of `note`: every active binding of the identity in the chain's current
-    group.
+    """Write the deliveries of the waiting chains of `identities` of `note`: every active
+    binding of the identity in the chain's current group.
 
     Both sides of the join are limited to `identities`, so whichever the planner drives the join
     from, it reads only their rows (SQLite without statistics takes `service_id = ?` for a few
@@ -237,7 +243,9 @@ def _send(
         "credential_id": binding.c.credential_id,
         "status": literal("pending", String),
         "priority": literal(note.priority, Integer),
-        "next_attempt_at": literal(now, DateTime),
+        # Due as of the notification's creation, so a chain's next group is claimed ahead of
+        # the notification's deliveries still queued, not behind them all.
+        "next_attempt_at": literal(note.date_created, DateTime),
         "failover_of": failover_chain.c.failover_of,
         "failover_step": failover_chain.c.step,
         "failover_reason": failover_chain.c.reason,
