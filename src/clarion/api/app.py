@@ -28,6 +28,7 @@ from clarion.api import (
 from clarion.api.auth import Authenticator
 from clarion.api.context import Runtime, escape_segment
 from clarion.api.responses import error_response
+from clarion.portal.app import create_portal
 from clarion.store.database import Database
 from clarion.vault import Vault
 
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 SERVICE = "/v1/Services/{ServiceSid}"
 USER = SERVICE + "/Users/{Identity}"
 NOTIFICATION = SERVICE + "/Notifications/{NotificationSid}"
+MESSENGER_WEBHOOK = "/v1/Callbacks/Messenger/{CredentialSid}"
 
 ROUTES = [
     Route("/v1/Credentials", credentials.list_, methods=["GET"]),
@@ -53,6 +55,8 @@ ROUTES = [
     Route(SERVICE + "/Bindings/{Sid}", bindings.fetch, methods=["GET"]),
     Route(SERVICE + "/Bindings/{Sid}", bindings.delete, methods=["DELETE"]),
     Route("/v1/Callbacks/Sms/{CredentialSid}", callbacks.sms_status, methods=["POST"]),
+    Route(MESSENGER_WEBHOOK, callbacks.messenger_verify, methods=["GET"]),
+    Route(MESSENGER_WEBHOOK, callbacks.messenger_events, methods=["POST"]),
     Route(SERVICE + "/Notifications", notifications.create, methods=["POST"]),
     Route(SERVICE + "/Notifications/{Sid}", notifications.fetch, methods=["GET"]),
     Route(NOTIFICATION + "/Deliveries", deliveries.list_, methods=["GET"]),
@@ -175,6 +179,8 @@ def create_app(
         webhook_tokens=webhook_tokens or {},
         sandbox=sandbox,
     )
+    # The web portal: its pages at /portal, its writes through this app's own API routes.
+    app.mount("/portal", create_portal(runtime=app.state.runtime, api=app))
     app.add_middleware(JsonSuffix)
     app.add_middleware(EncodedSlashes)
     return app

@@ -29,12 +29,18 @@ class Authenticator:
 
     async def __call__(self, request: Request) -> Principal:
         username, password = _basic_credentials(request.headers.get("authorization"))
-        found = await self._lookup(username)
+        return await self.verify(username, password)
+
+    async def verify(self, username: str, password: str) -> Principal:
+        """The principal `username` names if `password` is its secret (also the portal's
+        sign-in form); 20003 otherwise."""
+        found = await self.lookup(username)
         if found is None or not matches(password, found[1]):
             raise errors.authenticate()
         return found[0]
 
-    async def _lookup(self, username: str) -> tuple[Principal, str] | None:
+    async def lookup(self, username: str) -> tuple[Principal, str] | None:
+        """The principal `username` names and the digest its secret must match, or None."""
         cached = self._cache.get(username)
         now = time.monotonic()
         if cached is not None and cached[0] > now:

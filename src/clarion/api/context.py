@@ -76,9 +76,16 @@ def runtime(request: Request) -> Runtime:
     return found
 
 
+# Scope key under which the portal (clarion.portal) calls the API in-process for the account
+# its session signed in as. Only server code builds ASGI scopes, so no request can set it.
+SIGNED_IN = "clarion.signed_in"
+
+
 async def authenticated(request: Request) -> Context:
     process = runtime(request)
-    principal = await process.authenticator(request)
+    principal = request.scope.get(SIGNED_IN)
+    if not isinstance(principal, Principal):
+        principal = await process.authenticator(request)
     return Context(
         request=request, principal=principal, database=process.database, vault=process.vault
     )

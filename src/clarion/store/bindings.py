@@ -241,3 +241,33 @@ def _tags(conn: Connection, binding_ids: Sequence[int]) -> dict[int, list[str]]:
             tags.setdefault(binding_id, []).append(tag)
     # Sorted here, not by the database's collation, so every engine answers alike.
     return {binding_id: sorted(names) for binding_id, names in tags.items()}
+
+
+def search_page(
+    conn: Connection,
+    *,
+    service_id: int,
+    identity_prefix: str | None,
+    address_prefix: str | None,
+    tag: str | None,
+    binding_type: str | None,
+    active: bool | None,
+    page: PageRequest,
+) -> tuple[PageResult, dict[int, list[str]]]:
+    """The portal's binding search: `list_page` plus prefixes of identity and address and a
+    binding type, so an operator can find a device from the start of its token or number."""
+    query = _PUBLIC.where(binding.c.service_id == service_id)
+    if identity_prefix:
+        query = query.where(binding.c.identity.startswith(identity_prefix, autoescape=True))
+    if address_prefix:
+        query = query.where(binding.c.address.startswith(address_prefix, autoescape=True))
+    if tag:
+        query = query.where(has_tag(tag))
+    if binding_type:
+        query = query.where(binding.c.binding_type == binding_type)
+    if active is not None:
+        query = query.where(
+            binding.c.inactive_since.is_(None) if active else binding.c.inactive_since.is_not(None)
+        )
+    result = fetch_page(conn, query, binding.c.id, page)
+    return result, _tags(conn, [int(row["id"]) for row in result.rows])

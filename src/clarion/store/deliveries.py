@@ -140,8 +140,9 @@ def get(conn: Connection, *, notification_id: int, delivery_id: int) -> dict[str
     return dict(row)
 
 
-# A provider's later word on a message it accepted (an SMS status callback) moves the delivery
-# on from `sent`, and only forward: reports arrive late, twice and out of order.
+# A provider's later word on a message it accepted (an SMS status callback, a Messenger delivery
+# webhook) moves the delivery on from `sent`, and only forward: reports arrive late, twice and
+# out of order.
 REPORTABLE = {"delivered": ("sent",), "failed": ("sent",)}
 
 # A receipt recorded while its delivery was still `sending`: the device had the push before the
@@ -195,27 +196,98 @@ def record_provider_report(
     row = conn.execute(query).first()
     if row is None:
         return False
+    _apply_report(
+        conn,
+        delivery_id=row.id,
+        current=row.status,
+        status=status,
+        error_code=error_code,
+        error_message=error_message,
+        now=now,
+    )
+    return True
+
+
+def record_delivered_until(
+    conn: Connection,
+    *,
+    account_id: int | None,
+    binding_type: str,
+    address: str,
+    watermark: datetime,
+    now: datetime,
+) -> int:
+    """Every `sent` delivery to the binding at `address` that was sent by `watermark` is
+    delivered (a Messenger watermark, which names no message); how many there were.
+
+    Found through the stored bindings (the unique service/type/address index, then the
+    binding's deliveries), so a report costs a few index lookups whatever the table's size;
+    ToBinding deliveries have no binding and are only reached by their message id. A `sent`
+    delivery's `date_updated` is when the provider took it. `account_id` as for
+    `record_provider_report`.
+    """
+    query = (
+        select(delivery.c.id, delivery.c.status)
+        .select_from(
+            binding.join(delivery, delivery.c.binding_id == binding.c.id).join(
+                service, service.c.id == binding.c.service_id
+            )
+        )
+        .where(
+            binding.c.binding_type == binding_type,
+            binding.c.address == address,
+            delivery.c.channel == binding_type,
+            delivery.c.status == "sent",
+            delivery.c.date_updated <= watermark,
+        )
+    )
+    if account_id is not None:
+        query = query.where(service.c.account_id == account_id)
+    rows = conn.execute(query).all()
+    for row in rows:
+        _apply_report(
+            conn,
+            delivery_id=row.id,
+            current=row.status,
+            status="delivered",
+            error_code=None,
+            error_message=None,
+            now=now,
+        )
+    return len(rows)
+
+
+def _apply_report(
+    conn: Connection,
+    *,
+    delivery_id: int,
+    current: str,
+    status: str | None,
+    error_code: str | None,
+    error_message: str | None,
+    now: datetime,
+) -> None:
+    """Record one provider report on a delivery now `current`, and act on it."""
     detail = {"status": status, "error_code": error_code, "error_message": error_message}
     conn.execute(
         insert(delivery_event).values(
-            delivery_id=row.id,
+            delivery_id=delivery_id,
             at=now,
             kind="provider_report",
             detail={key: value for key, value in detail.items() if value is not None},
         )
     )
-    if status is not None and row.status in REPORTABLE.get(status, ()):
+    if status is not None and current in REPORTABLE.get(status, ()):
         values: dict[str, Any] = {"status": status, "date_updated": now}
         if status == "failed":
             values |= {"error_code": error_code, "error_message": error_message}
-        conn.execute(update(delivery).where(delivery.c.id == row.id).values(**values))
+        conn.execute(update(delivery).where(delivery.c.id == delivery_id).values(**values))
         if status == "failed":
             # The carrier gave up on it: failover moves on at once if its whole group failed.
-            failover.after_failures(conn, delivery_ids=[row.id], now=now)
+            failover.after_failures(conn, delivery_ids=[delivery_id], now=now)
     if status == "delivered":
         # The carrier's word counts as a sign of life, like an app's receipt (failover).
-        failover.confirm(conn, delivery_id=row.id, now=now)
-    return True
+        failover.confirm(conn, delivery_id=delivery_id, now=now)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -281,3 +353,29 @@ def record_receipt(
             .values(status="delivered", date_updated=now)
         )
     return Receipt(delivery_id=delivery_id, state=state, date_created=now, first=not earlier)
+
+
+def events(conn: Connection, *, delivery_id: int) -> list[RowMapping]:
+    """The delivery's history, oldest first: attempts, the providers' answers, reports and
+    receipts (the caller has checked the delivery is the account's, e.g. with `get`)."""
+    return list(
+        conn.execute(
+            select(delivery_event.c.at, delivery_event.c.kind, delivery_event.c.detail)
+            .where(delivery_event.c.delivery_id == delivery_id)
+            .order_by(delivery_event.c.id)
+        ).mappings()
+    )
+
+
+def failover_chain(conn: Connection, *, notification_id: int, identity: str) -> list[RowMapping]:
+    """Every delivery of one identity's failover chain in a notification, group by group (the
+    failover index: a few rows however large the notification)."""
+    return list(
+        conn.execute(
+            _DELIVERY.where(
+                delivery.c.notification_id == notification_id,
+                delivery.c.identity == identity,
+                delivery.c.failover_step.is_not(None),
+            ).order_by(delivery.c.failover_step, delivery.c.id)
+        ).mappings()
+    )

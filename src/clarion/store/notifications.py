@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection, exists, insert, select
+from sqlalchemy.engine import RowMapping
 
 from clarion import sids
 from clarion.store.clock import utcnow
-from clarion.store.tables import delivery, job, notification
+from clarion.store.tables import delivery, job, notification, service
 
 # Claim order: lower first (the delivery index is on (priority, next_attempt_at)).
 PRIORITY_RANK = {"high": 0, "low": 1}
@@ -108,3 +109,65 @@ def create(conn: Connection, *, service_id: int, new: NewNotification) -> Create
             },
         )
     return Created(sid=sid, date_created=now)
+
+
+# What a list of notifications shows of each, newest first (the portal's debugger).
+_LISTED = select(
+    notification.c.id,
+    notification.c.sid,
+    service.c.sid.label("service_sid"),
+    service.c.friendly_name.label("service_name"),
+    notification.c.targets,
+    notification.c.content,
+    notification.c.priority,
+    notification.c.status,
+    notification.c.failover,
+    notification.c.date_created,
+    notification.c.date_completed,
+).select_from(notification.join(service))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecentPage:
+    rows: list[RowMapping]
+    # The id to continue after (older notifications exist), None on the last page.
+    older_than: int | None
+
+
+def list_recent(
+    conn: Connection,
+    *,
+    account_id: int,
+    service_id: int | None,
+    statuses: Sequence[str],
+    channel: str | None,
+    created_from: datetime | None,
+    created_before: datetime | None,
+    before_id: int | None,
+    size: int,
+) -> RecentPage:
+    """One page of the account's notifications, newest first, keyset-paged by id.
+
+    `channel` keeps notifications with at least one delivery on it (an EXISTS on the
+    notification's deliveries, which stops at the first one).
+    """
+    query = _LISTED.where(service.c.account_id == account_id)
+    if service_id is not None:
+        query = query.where(notification.c.service_id == service_id)
+    if statuses:
+        query = query.where(notification.c.status.in_(statuses))
+    if channel is not None:
+        query = query.where(
+            exists().where(
+                delivery.c.notification_id == notification.c.id, delivery.c.channel == channel
+            )
+        )
+    if created_from is not None:
+        query = query.where(notification.c.date_created >= created_from)
+    if created_before is not None:
+        query = query.where(notification.c.date_created < created_before)
+    if before_id is not None:
+        query = query.where(notification.c.id < before_id)
+    rows = list(conn.execute(query.order_by(notification.c.id.desc()).limit(size + 1)).mappings())
+    older_than = int(rows[size - 1]["id"]) if len(rows) > size else None
+    return RecentPage(rows=rows[:size], older_than=older_than)
