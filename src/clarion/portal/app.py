@@ -74,6 +74,10 @@ NOTICES = {
     "credential-saved": "Credential saved.",
     "credential-deleted": "Credential deleted.",
     "binding-deleted": "Binding deleted.",
+    "user-created": "User created.",
+    "user-deleted": "User deleted.",
+    "segment-added": "Added to the segment.",
+    "segment-removed": "Removed from the segment.",
     "sent": "Notification accepted; its deliveries appear below as they happen.",
 }
 
@@ -348,7 +352,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 def create_portal(*, runtime: Runtime, api: ASGIApp) -> Starlette:
     """The portal app; `api` is the API app its writes go through."""
-    from clarion.portal import configuration, dashboard, debugger
+    from clarion.portal import configuration, dashboard, debugger, users
 
     routes: list[BaseRoute] = [
         Route("/", dashboard.show, methods=["GET"]),
@@ -356,6 +360,7 @@ def create_portal(*, runtime: Runtime, api: ASGIApp) -> Starlette:
         Route("/sign-in", sign_in, methods=["POST"]),
         Route("/sign-out", sign_out, methods=["POST"]),
         *configuration.ROUTES,
+        *users.ROUTES,
         *debugger.ROUTES,
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]

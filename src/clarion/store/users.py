@@ -231,3 +231,48 @@ def _segments_of(conn: Connection, user_ids: Sequence[int]) -> dict[int, list[st
         for user_id, name in rows:
             names.setdefault(user_id, []).append(name)
     return names
+
+
+def search_page(
+    conn: Connection,
+    *,
+    service_id: int,
+    identity_prefix: str | None,
+    segment_name: str | None,
+    page: PageRequest,
+) -> tuple[PageResult, dict[int, list[str]]]:
+    """One page of a service's users, each with its number of bindings, and their segments.
+
+    The API's user list matches whole identities only; an operator looks a user up by the
+    start of one, as on the bindings page (clarion.store.bindings.search_page).
+    """
+    bindings = (
+        select(func.count())
+        .where(binding.c.service_id == user.c.service_id, binding.c.identity == user.c.identity)
+        .scalar_subquery()
+    )
+    query = select(
+        user.c.id, user.c.identity, user.c.date_created, bindings.label("bindings")
+    ).where(user.c.service_id == service_id)
+    if identity_prefix:
+        query = query.where(user.c.identity.startswith(identity_prefix, autoescape=True))
+    if segment_name:
+        query = query.where(
+            exists()
+            .where(segment_membership.c.user_id == user.c.id)
+            .where(segment_membership.c.segment_id == segment.c.id)
+            .where(segment.c.service_id == service_id, segment.c.unique_name == segment_name)
+        )
+    found = fetch_page(conn, query, user.c.id, page)
+    identities = [str(row["identity"]) for row in found.rows]
+    if not identities:
+        return found, {}
+    # The store's own list, for exactly these identities, brings their segments.
+    _, segments = list_page(
+        conn,
+        service_id=service_id,
+        identities=identities,
+        segment_name=None,
+        page=PageRequest(size=len(identities)),
+    )
+    return found, segments
