@@ -38,7 +38,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -638,6 +638,16 @@ async def wait_until_completed(
             wait = min(wait * 2, 1.0)
 
 
+async def deliveries_of(api: Api, path: str) -> AsyncIterator[dict[str, Any]]:
+    """Every delivery of the notification at `path`, through the Deliveries API's pages."""
+    url: str | None = f"{path}/Deliveries?PageSize=1000"
+    while url:
+        body = await api.expect(200, "GET", url)
+        for item in body["deliveries"]:
+            yield item
+        url = body["meta"]["next_page_url"]
+
+
 async def verify_deliveries(api: Api, path: str) -> dict[str, Any]:
     """Walk every delivery of the notification: statuses, attempts, distinct addresses and
     provider ids (a delivery sent twice would show as attempts > 1)."""
@@ -646,17 +656,13 @@ async def verify_deliveries(api: Api, path: str) -> dict[str, Any]:
     addresses: set[str] = set()
     provider_ids: set[str] = set()
     rows = 0
-    url: str | None = f"{path}/Deliveries?PageSize=1000"
-    while url:
-        body = await api.expect(200, "GET", url)
-        for item in body["deliveries"]:
-            rows += 1
-            statuses[item["status"]] += 1
-            attempts[item["attempts"]] += 1
-            addresses.add(item["address"])
-            if item["provider_sid"]:
-                provider_ids.add(item["provider_sid"])
-        url = body["meta"]["next_page_url"]
+    async for item in deliveries_of(api, path):
+        rows += 1
+        statuses[item["status"]] += 1
+        attempts[item["attempts"]] += 1
+        addresses.add(item["address"])
+        if item["provider_sid"]:
+            provider_ids.add(item["provider_sid"])
     return {
         "rows": rows,
         "statuses": dict(statuses),
@@ -982,6 +988,25 @@ def _name(args: argparse.Namespace) -> str:
     return f"delivery-{args.engine}-{args.provider}{suffix}"
 
 
+def print_parties(cpu: dict[str, Any]) -> None:
+    """A line per party of a `cpu_split`: its CPU seconds, cores and µs per delivery."""
+    for name, party in cpu["parties"].items():
+        print(
+            f"  {name:<38} {party['cpu_s']:7.2f} s  {party['cores']:5.2f} cores  "
+            f"{party['us_per_delivery']:7.1f} µs/delivery"
+        )
+
+
+def print_profiles(profiles: dict[str, Any], titles: Sequence[str]) -> None:
+    """The top 15 frames of each `Profiler.stop` profile, in the tables named by `titles`."""
+    for name, profile in profiles.items():
+        print(f"py-spy, clarion {name}: {profile['samples']:,} samples ({profile['file']})")
+        for title in titles:
+            print(f"  {title}:")
+            for row in profile[title][:15]:
+                print(f"    {row['share']:6.1%}  {row['cpu_s']:6.2f} s  {row['frame']}")
+
+
 def print_run(number: int, run: dict[str, Any]) -> None:
     delivery = run["delivery"]
     counts = delivery["deliveries"]
@@ -1012,21 +1037,12 @@ def print_run(number: int, run: dict[str, Any]) -> None:
         )
     cpu = run["cpu"]
     print(f"CPU over the {cpu['wall_s']} s from POST to completed (/proc/<pid>/stat):")
-    for name, party in cpu["parties"].items():
-        print(
-            f"  {name:<38} {party['cpu_s']:7.2f} s  {party['cores']:5.2f} cores  "
-            f"{party['us_per_delivery']:7.1f} µs/delivery"
-        )
+    print_parties(cpu)
     print(
         "  per CPU busy: "
         + ", ".join(f"{name} {share:.0%}" for name, share in cpu["per_cpu_busy"].items())
     )
-    for name, profile in run.get("profile", {}).items():
-        print(f"py-spy, clarion {name}: {profile['samples']:,} samples ({profile['file']})")
-        for title in ("threads", "self", "inclusive"):
-            print(f"  {title}:")
-            for row in profile[title][:15]:
-                print(f"    {row['share']:6.1%}  {row['cpu_s']:6.2f} s  {row['frame']}")
+    print_profiles(run.get("profile", {}), ("threads", "self", "inclusive"))
     sys.stdout.flush()
 
 

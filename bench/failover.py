@@ -36,7 +36,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from api_writes import RESULTS, create_account, postgres_database, server_env
 from sqlalchemy import Connection, event, func, select, update
 
@@ -49,11 +48,16 @@ from delivery import (
     Api,
     Profiler,
     Role,
+    _load,
     _quantiles,
     clarion,
     cpu_snapshot,
     cpu_split,
+    create_bindings,
+    deliveries_of,
     free_ports,
+    print_parties,
+    print_profiles,
     wait_for_quiet,
 )
 
@@ -89,45 +93,6 @@ def binding_fields(number: int, binding_type: str, share: float) -> list[tuple[s
         ("Address", address),
         ("Tag", TAG),
     ]
-
-
-async def create_bindings(
-    api: Api, service: str, *, count: int, share: float, concurrency: int
-) -> float:
-    """POST both bindings of `count` identities, `concurrency` at a time (a failed one retried
-    twice); seconds taken."""
-    work = iter([(n, kind) for n in range(count) for kind in ("apn", "sms")])
-    failures: list[str] = []
-    done = 0
-    step = max(1, 2 * count // 10)
-    started = time.perf_counter()
-
-    async def worker() -> None:
-        nonlocal done
-        for number, kind in work:
-            for _ in range(3):
-                try:
-                    status, body = await api.call(
-                        "POST",
-                        f"/v1/Services/{service}/Bindings",
-                        binding_fields(number, kind, share),
-                    )
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    status, body = 0, repr(exc)
-                if status == 201:
-                    break
-            else:
-                failures.append(f"{kind} binding of {number}: {status} {str(body)[:200]}")
-                continue
-            done += 1
-            if done % step == 0:
-                elapsed = time.perf_counter() - started
-                print(f"  {done:>9,} bindings, {done / elapsed:,.0f}/s", flush=True)
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    if failures:
-        raise RuntimeError(f"{len(failures)} bindings not created, e.g. {failures[:3]}")
-    return time.perf_counter() - started
 
 
 # --- waiting for every chain to settle --------------------------------------------------------
@@ -340,21 +305,17 @@ async def verify(api: Api, path: str, share: float, count: int) -> dict[str, Any
     examples: dict[str, str] = {}
     statuses: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     rows = 0
-    url: str | None = f"{path}/Deliveries?PageSize=1000"
-    while url:
-        body = await api.expect(200, "GET", url)
-        for item in body["deliveries"]:
-            rows += 1
-            statuses[item["channel"]][item["status"]] += 1
-            if item["channel"] == "apn":
-                if item["identity"] in apn:
-                    problems["a second APNs delivery"] += 1
-                apn[item["identity"]] = item
-            elif item["channel"] == "sms":
-                sms[item["identity"]].append(item)
-            else:
-                problems[f"a delivery on {item['channel']}"] += 1
-        url = body["meta"]["next_page_url"]
+    async for item in deliveries_of(api, path):
+        rows += 1
+        statuses[item["channel"]][item["status"]] += 1
+        if item["channel"] == "apn":
+            if item["identity"] in apn:
+                problems["a second APNs delivery"] += 1
+            apn[item["identity"]] = item
+        elif item["channel"] == "sms":
+            sms[item["identity"]].append(item)
+        else:
+            problems[f"a delivery on {item['channel']}"] += 1
 
     def problem(kind: str, item: Any) -> None:
         problems[kind] += 1
@@ -514,8 +475,14 @@ async def run(
             f"({expected.dead:,} dead APNs tokens; {args.concurrency} at a time)",
             flush=True,
         )
+        # Both bindings of each identity, one after the other: binding 2n + k is identity n's
+        # APNs (k = 0) or SMS (k = 1) binding.
         seconds = await create_bindings(
-            api, service, count=args.count, share=args.dead_share, concurrency=args.concurrency
+            api,
+            service,
+            2 * args.count,
+            args.concurrency,
+            fields=lambda n: binding_fields(n // 2, ("apn", "sms")[n % 2], args.dead_share),
         )
         report["bindings"] = {
             "count": 2 * args.count,
@@ -623,17 +590,8 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"  e.g. {kind}: {example}")
     print(f"failover summary: {json.dumps(report['failover_summary']['identities'])}")
     print(f"CPU over the {cpu['wall_s']} s from POST to settled (/proc/<pid>/stat):")
-    for name, party in cpu["parties"].items():
-        print(
-            f"  {name:<38} {party['cpu_s']:7.2f} s  {party['cores']:5.2f} cores  "
-            f"{party['us_per_delivery']:7.1f} µs/delivery"
-        )
-    for name, profile in report.get("profile", {}).items():
-        print(f"py-spy, clarion {name}: {profile['samples']:,} samples ({profile['file']})")
-        for title in ("self", "inclusive"):
-            print(f"  {title}:")
-            for row in profile[title][:15]:
-                print(f"    {row['share']:6.1%}  {row['cpu_s']:6.2f} s  {row['frame']}")
+    print_parties(cpu)
+    print_profiles(report.get("profile", {}), ("self", "inclusive"))
     if "latency" in report:
         latency = report["latency"]
         q = latency["sms_taken"]
@@ -657,10 +615,6 @@ def print_report(report: dict[str, Any]) -> None:
         )
         for line in poll[key]["plan"]:
             print(f"    {line}")
-
-
-def _load(values: tuple[float, float, float]) -> str:
-    return " ".join(f"{v:.2f}" for v in values)
 
 
 # --- main ------------------------------------------------------------------------------------

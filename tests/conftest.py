@@ -11,7 +11,6 @@ import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -24,6 +23,7 @@ from clarion.api.app import create_app
 from clarion.store import accounts, migrate
 from clarion.store.database import Database
 from clarion.vault import Vault, new_key
+from support import Account
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "CLARION_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -36,12 +36,6 @@ def pytest_asyncio_loop_factories(
     """Every test runs on uvloop, the loop `clarion serve` runs on: its transports differ
     (e.g. TLS transports that are not asyncio.Transport subclasses)."""
     return {"uvloop": uvloop.new_event_loop}
-
-
-@dataclass(frozen=True)
-class Account:
-    sid: str
-    token: str
 
 
 @pytest.fixture(scope="session")

@@ -9,29 +9,28 @@ timers fire when the test moves time.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
 import random
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Connection, update
 
 from assertions import assert_error
 from clarion.delivery.channels import Endpoints, factory
 from clarion.delivery.wakeup import LocalSignal, SoleLeader
 from clarion.delivery.worker import Worker
 from clarion.emulators.messenger import MessengerEmulator
-from clarion.store import queue
-from clarion.store.clock import utcnow
 from clarion.store.database import Database
-from clarion.store.tables import delivery, failover_chain, job, notification
 from clarion.vault import Vault
+from support import Clock as WallClock
+from support import quiet_the_queue
 
 PAGE_ID = "1122334455"
 PAGE_TOKEN = "page-access-token"
@@ -41,17 +40,8 @@ MESSENGER_THEN_SMS = json.dumps({"channels": ["messenger", "sms"], "wait": 120})
 NO_AUTH = httpx.Auth()  # webhooks carry no account credentials
 
 
-@dataclass
-class Clock:
-    """The wall clock, moved forward by the test."""
-
-    offset: timedelta = field(default_factory=timedelta)
-
-    def __call__(self) -> datetime:
-        return utcnow() + self.offset
-
-    def advance(self, **delta: float) -> None:
-        self.offset += timedelta(**delta)
+class Clock(WallClock):
+    """The wall clock, moved forward by the test, that also speaks Messenger's time."""
 
     def watermark(self) -> int:
         """A moment after everything so far, as Messenger writes times (ms since the epoch)."""
@@ -116,26 +106,8 @@ async def page(api: httpx.AsyncClient, graph: MessengerEmulator) -> Page:
     return Page(credential_sid, app_secret, service_sid)
 
 
-def _quiet_the_queue(conn: Connection) -> None:
-    """Other tests' work out of the way: this worker sends only this test's notifications."""
-    conn.execute(
-        update(delivery)
-        .where(delivery.c.status.in_(queue.OPEN_DELIVERY))
-        .values(status="expired", lease_owner=None)
-    )
-    conn.execute(
-        update(job).where(job.c.status.in_(queue.OPEN_JOB)).values(status="done", lease_owner=None)
-    )
-    conn.execute(
-        update(notification)
-        .where(notification.c.status.in_(queue.OPEN_NOTIFICATION))
-        .values(status="completed")
-    )
-    conn.execute(
-        update(failover_chain)
-        .where(failover_chain.c.status == "waiting")
-        .values(status="exhausted", deadline=None)
-    )
+# Other tests' work out of the way: this worker sends only this test's notifications.
+QUIET = functools.partial(quiet_the_queue, notifications=True, failover_chains=True)
 
 
 @pytest.fixture
@@ -146,7 +118,7 @@ def clock() -> Clock:
 @pytest.fixture
 async def worker(database: Database, vault: Vault, clock: Clock) -> AsyncIterator[Worker]:
     """The delivery engine with the real channel adapters, on a quiet queue."""
-    await database.transaction(_quiet_the_queue)
+    await database.transaction(QUIET)
     worker = Worker(
         database,
         channels=factory(Endpoints(public_url="http://testserver")),
@@ -159,7 +131,7 @@ async def worker(database: Database, vault: Vault, clock: Clock) -> AsyncIterato
     )
     yield worker
     await worker.stop()
-    await database.transaction(_quiet_the_queue)
+    await database.transaction(QUIET)
 
 
 async def send(

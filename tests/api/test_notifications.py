@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Select, func, select
 from assertions import assert_error
 from clarion.store.database import Database
 from clarion.store.tables import delivery, job, notification, service
-from conftest import Account
+from support import Account
 
 SMS = "+14155550100"
 APN_TOKEN = "ab" * 32

@@ -8,7 +8,6 @@ as a relay expects.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,6 +17,7 @@ from clarion.channels import email as email_channel
 from clarion.channels.base import Message, Outcome
 from clarion.channels.email import EmailChannel, Security
 from clarion.emulators.smtp import SmtpEmulator
+from support import closed_port
 
 SENDER = "notifications@example.com"
 KEY = "0123abcd-ef01-2345-6789-abcdef012345"
@@ -56,13 +56,6 @@ def mail(to: str = "ada@example.com", **payload: Any) -> Message:
         address=to,
         payload=payload or {"subject": "Your order shipped", "text": "It's on its way."},
     )
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 # --- what is sent -----------------------------------------------------------------------------

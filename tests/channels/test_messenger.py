@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,6 +25,7 @@ from clarion.channels.messenger import (
     verify_webhook_signature,
 )
 from clarion.emulators.messenger import MessengerEmulator
+from support import closed_port
 
 PAGE_ID = "1122334455"
 PAGE_TOKEN = "page-access-token"
@@ -58,13 +58,6 @@ def text(to: str = PSID, **envelope: Any) -> Message:
 
 def hours_ago(hours: float) -> datetime:
     return datetime.now(UTC) - timedelta(hours=hours)
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 # --- sending ------------------------------------------------------------------------------------

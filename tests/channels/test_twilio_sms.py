@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,6 +29,7 @@ from clarion.channels.twilio_sms import (
     verify_signature,
 )
 from clarion.emulators.twilio import TwilioEmulator
+from support import closed_port
 
 ACCOUNT_SID = "AC" + "1" * 32
 AUTH_TOKEN = "twilio-auth-token"
@@ -108,13 +108,6 @@ async def channel(
 
 def sms(to: str = NUMBER, **payload: Any) -> Message:
     return Message(key="delivery-1", address=to, payload={"body": "Your code is 1234", **payload})
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 # --- sending ------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +31,7 @@ from clarion.channels.webpush import (
     WebPushChannel,
 )
 from clarion.emulators.webpush import Subscription, WebPushEmulator
+from support import closed_port
 
 NOW = 1_900_000_000.0
 CONTACT = "mailto:ops@example.com"
@@ -108,13 +108,6 @@ def browser_elsewhere(endpoint: str) -> Subscription:
 
 def at(seconds_from_now: float) -> datetime:
     return datetime.fromtimestamp(NOW + seconds_from_now, UTC)
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 # --- encryption and delivery ------------------------------------------------------------------

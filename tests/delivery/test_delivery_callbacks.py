@@ -9,18 +9,19 @@ standing in for the application.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
 from aiohttp import web
 from multidict import MultiDictProxy
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, select
 from twilio.request_validator import RequestValidator
 
 from clarion.channels.base import Channel, Message, Outcome, Result
@@ -32,9 +33,9 @@ from clarion.delivery.worker import Worker, WorkerConfig
 from clarion.store import callbacks, queue
 from clarion.store.clock import utcnow
 from clarion.store.database import Database
-from clarion.store.tables import delivery, job, notification
+from clarion.store.tables import job, notification
 from clarion.vault import Vault
-from conftest import Account
+from support import Account, Clock, quiet_the_queue
 
 LEASE = timedelta(seconds=60)
 # Short enough that an endpoint which never answers costs the suite little.
@@ -125,19 +126,6 @@ def no_credentials(credential: Credential) -> Channel:
 
 
 @dataclass
-class Clock:
-    """The wall clock, moved forward by the test."""
-
-    offset: timedelta = field(default_factory=timedelta)
-
-    def __call__(self) -> datetime:
-        return utcnow() + self.offset
-
-    def advance(self, **delta: float) -> None:
-        self.offset += timedelta(**delta)
-
-
-@dataclass
 class Engine:
     database: Database
     vault: Vault
@@ -168,25 +156,7 @@ class Engine:
 async def engine(database: Database, vault: Vault) -> AsyncIterator[Engine]:
     """The delivery engine; the queue is emptied of other tests' work first, and their open
     notifications closed, so no other test's callback is ever sent from here."""
-
-    def op(conn: Connection) -> None:
-        conn.execute(
-            update(delivery)
-            .where(delivery.c.status.in_(queue.OPEN_DELIVERY))
-            .values(status="expired", lease_owner=None)
-        )
-        conn.execute(
-            update(job)
-            .where(job.c.status.in_(queue.OPEN_JOB))
-            .values(status="done", lease_owner=None)
-        )
-        conn.execute(
-            update(notification)
-            .where(notification.c.status.in_(queue.OPEN_NOTIFICATION))
-            .values(status="completed")
-        )
-
-    await database.transaction(op)
+    await database.transaction(functools.partial(quiet_the_queue, notifications=True))
     engine = Engine(database, vault, Clock())
     yield engine
     for worker in engine.workers:

@@ -14,12 +14,12 @@ import functools
 import json
 import random
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, insert, select, text, update
+from sqlalchemy import Connection, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from clarion import sids
@@ -38,11 +38,11 @@ from clarion.store.tables import (
     credential,
     delivery,
     failover_chain,
-    job,
     notification,
     service,
 )
 from clarion.vault import Vault
+from support import Clock, quiet_the_queue
 
 PUSH_THEN_SMS = {"channels": ["push", "sms"], "wait": 120}
 PHONE = "+15005550006"
@@ -68,19 +68,6 @@ class ScriptedChannel:
 
     def sent_to(self) -> list[str]:
         return [message.address for message in self.messages]
-
-
-@dataclass
-class Clock:
-    """The wall clock, moved forward by the test."""
-
-    offset: timedelta = field(default_factory=timedelta)
-
-    def __call__(self) -> datetime:
-        return utcnow() + self.offset
-
-    def advance(self, **delta: float) -> None:
-        self.offset += timedelta(**delta)
 
 
 @dataclass
@@ -204,30 +191,13 @@ class Setup:
         )
 
 
-def _quiet_the_queue(conn: Connection) -> None:
-    """Other tests' work out of the way: their timers must not fire when this test moves time."""
-    conn.execute(
-        update(delivery)
-        .where(delivery.c.status.in_(queue.OPEN_DELIVERY))
-        .values(status="expired", lease_owner=None)
-    )
-    conn.execute(
-        update(job).where(job.c.status.in_(queue.OPEN_JOB)).values(status="done", lease_owner=None)
-    )
-    conn.execute(
-        update(failover_chain)
-        .where(failover_chain.c.status == "waiting")
-        .values(status="exhausted", deadline=None)
-    )
-
-
 @pytest.fixture
 async def setup(database: Database, vault: Vault) -> AsyncIterator[Setup]:
     """A service with APNs, SMS and Messenger credentials, on a quiet queue (left quiet)."""
     now = utcnow()
 
     def op(conn: Connection) -> int:
-        _quiet_the_queue(conn)
+        quiet_the_queue(conn, failover_chains=True)
         account_id = conn.scalar(
             insert(account)
             .values(
@@ -282,7 +252,7 @@ async def setup(database: Database, vault: Vault) -> AsyncIterator[Setup]:
 
     service_id = await database.transaction(op)
     yield Setup(database, vault, service_id, ScriptedChannel(), Clock())
-    await database.transaction(_quiet_the_queue)
+    await database.transaction(functools.partial(quiet_the_queue, failover_chains=True))
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from clarion.store.clock import utcnow
 from clarion.store.database import Database
 from clarion.store.notifications import NewNotification
 from clarion.store.tables import account, binding, delivery, job, notification, service
+from support import quiet_the_queue
 
 LEASE = timedelta(seconds=60)
 
@@ -33,16 +34,7 @@ async def service_id(database: Database) -> int:
     """A service of its own; the queue is emptied of other tests' work first."""
 
     def op(conn: Connection) -> int:
-        conn.execute(
-            update(delivery)
-            .where(delivery.c.status.in_(queue.OPEN_DELIVERY))
-            .values(status="expired", lease_owner=None)
-        )
-        conn.execute(
-            update(job)
-            .where(job.c.status.in_(queue.OPEN_JOB))
-            .values(status="done", lease_owner=None)
-        )
+        quiet_the_queue(conn)
         now = utcnow()
         account_id = conn.scalar(
             insert(account)

@@ -24,12 +24,13 @@ from clarion.delivery.channel_pool import Credential
 from clarion.delivery.receipts import TOKEN_LENGTH, ReceiptTokens, well_formed
 from clarion.delivery.wakeup import LocalSignal, SoleLeader
 from clarion.delivery.worker import Worker
-from clarion.store import notifications, queue
+from clarion.store import notifications
 from clarion.store.clock import utcnow
 from clarion.store.database import Database
 from clarion.store.notifications import DirectAddress, NewNotification
-from clarion.store.tables import account, credential, delivery, job, notification, service
+from clarion.store.tables import account, credential, delivery, notification, service
 from clarion.vault import Vault, new_key
+from support import quiet_the_queue
 
 RECEIPT = payloads.RECEIPT_KEY
 
@@ -205,16 +206,7 @@ async def engine(database: Database, vault: Vault) -> AsyncIterator[Engine]:
     now = utcnow()
 
     def op(conn: Connection) -> int:
-        conn.execute(
-            update(delivery)
-            .where(delivery.c.status.in_(queue.OPEN_DELIVERY))
-            .values(status="expired", lease_owner=None)
-        )
-        conn.execute(
-            update(job)
-            .where(job.c.status.in_(queue.OPEN_JOB))
-            .values(status="done", lease_owner=None)
-        )
+        quiet_the_queue(conn)
         account_id = conn.scalar(
             insert(account)
             .values(

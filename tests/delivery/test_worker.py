@@ -13,7 +13,7 @@ import json
 import random
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -46,11 +46,11 @@ from clarion.store.tables import (
     credential,
     delivery,
     delivery_event,
-    job,
     notification,
     service,
 )
 from clarion.vault import Vault
+from support import Clock, quiet_the_queue
 
 TOKEN = "7e57" * 16  # "test"; other suites use their own tokens
 
@@ -99,19 +99,6 @@ class ScriptedChannel:
 
 
 @dataclass
-class Clock:
-    """The wall clock, moved forward by the test (rows the store writes carry real time)."""
-
-    offset: timedelta = field(default_factory=timedelta)
-
-    def __call__(self) -> datetime:
-        return utcnow() + self.offset
-
-    def advance(self, **delta: float) -> None:
-        self.offset += timedelta(**delta)
-
-
-@dataclass
 class Setup:
     database: Database
     vault: Vault
@@ -153,16 +140,7 @@ async def setup(database: Database, vault: Vault) -> Setup:
     now = utcnow()
 
     def op(conn: Connection) -> tuple[int, dict[str, int]]:
-        conn.execute(
-            update(delivery)
-            .where(delivery.c.status.in_(queue.OPEN_DELIVERY))
-            .values(status="expired", lease_owner=None)
-        )
-        conn.execute(
-            update(job)
-            .where(job.c.status.in_(queue.OPEN_JOB))
-            .values(status="done", lease_owner=None)
-        )
+        quiet_the_queue(conn)
         account_id = conn.scalar(
             insert(account)
             .values(

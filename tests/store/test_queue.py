@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import pytest
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, insert, select
 
 from clarion import sids
 from clarion.store import deliveries, queue
@@ -31,6 +31,7 @@ from clarion.store.tables import (
     notification,
     service,
 )
+from support import quiet_the_queue
 
 T = TypeVar("T")
 LEASE = timedelta(seconds=60)
@@ -39,19 +40,8 @@ LEASE = timedelta(seconds=60)
 @pytest.fixture
 async def now(database: Database) -> datetime:
     """The test's time; the queue is emptied of other tests' work first."""
-    await database.transaction(close_open_work)
+    await database.transaction(quiet_the_queue)
     return utcnow()
-
-
-def close_open_work(conn: Connection) -> None:
-    conn.execute(
-        update(delivery)
-        .where(delivery.c.status.in_(queue.OPEN_DELIVERY))
-        .values(status="expired", lease_owner=None)
-    )
-    conn.execute(
-        update(job).where(job.c.status.in_(queue.OPEN_JOB)).values(status="done", lease_owner=None)
-    )
 
 
 def run(database: Database, fn: Callable[..., T], **kwargs: Any) -> Any:
