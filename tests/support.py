@@ -7,14 +7,25 @@ Not in conftest.py: `tests/e2e` and `tests/portal` have conftest modules of thei
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Connection, update
+from sqlalchemy import Connection, insert, update
 
+from clarion import sids
 from clarion.store import queue
 from clarion.store.clock import utcnow
-from clarion.store.tables import delivery, failover_chain, job, notification
+from clarion.store.tables import (
+    account,
+    credential,
+    delivery,
+    failover_chain,
+    job,
+    notification,
+    service,
+)
 
 
 @dataclass(frozen=True)
@@ -71,3 +82,72 @@ def quiet_the_queue(
             .where(failover_chain.c.status == "waiting")
             .values(status="exhausted", deadline=None)
         )
+
+
+@dataclass(frozen=True)
+class CredentialRow:
+    """A credential as `insert_service` writes it: settings as stored, the secret sealed."""
+
+    type: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    secret_sealed: str | None = None
+
+
+def insert_service(
+    conn: Connection,
+    *,
+    name: str,
+    now: datetime,
+    credentials: Mapping[str, CredentialRow] | None = None,
+) -> tuple[int, dict[str, int]]:
+    """A service of an account of its own, written straight to the tables (engine tests need no
+    API): its id, and the ids of its `credentials`, keyed by service column such as
+    `apn_credential_id`."""
+    account_id = conn.scalar(
+        insert(account)
+        .values(
+            sid=sids.new_sid(sids.ACCOUNT),
+            friendly_name=name,
+            auth_token_sealed="-",
+            auth_token_digest="-",
+            date_created=now,
+            date_updated=now,
+        )
+        .returning(account.c.id)
+    )
+    ids = {
+        column: int(
+            conn.scalar(
+                insert(credential)
+                .values(
+                    sid=sids.new_sid(sids.CREDENTIAL),
+                    account_id=account_id,
+                    type=row.type,
+                    settings=row.settings,
+                    secret_sealed=row.secret_sealed,
+                    date_created=now,
+                    date_updated=now,
+                )
+                .returning(credential.c.id)
+            )
+        )
+        for column, row in (credentials or {}).items()
+    }
+    service_id = conn.scalar(
+        insert(service)
+        .values(
+            sid=sids.new_sid(sids.SERVICE),
+            account_id=account_id,
+            default_apn_notification_protocol_version="3",
+            default_gcm_notification_protocol_version="3",
+            default_fcm_notification_protocol_version="3",
+            default_alexa_notification_protocol_version="3",
+            log_enabled=True,
+            delivery_callback_enabled=False,
+            date_created=now,
+            date_updated=now,
+            **ids,
+        )
+        .returning(service.c.id)
+    )
+    return int(service_id), ids

@@ -19,10 +19,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, insert, select, text
+from sqlalchemy import Connection, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
-from clarion import sids
 from clarion.channels.base import Message, Outcome, Result
 from clarion.delivery.channel_pool import Credential
 from clarion.delivery.wakeup import LocalSignal, SoleLeader
@@ -33,16 +32,13 @@ from clarion.store.clock import utcnow
 from clarion.store.database import Database, engine_url
 from clarion.store.notifications import DirectAddress, NewNotification
 from clarion.store.tables import (
-    account,
     binding,
-    credential,
     delivery,
     failover_chain,
     notification,
-    service,
 )
 from clarion.vault import Vault
-from support import Clock, quiet_the_queue
+from support import Clock, CredentialRow, insert_service, quiet_the_queue
 
 PUSH_THEN_SMS = {"channels": ["push", "sms"], "wait": 120}
 PHONE = "+15005550006"
@@ -198,57 +194,22 @@ async def setup(database: Database, vault: Vault) -> AsyncIterator[Setup]:
 
     def op(conn: Connection) -> int:
         quiet_the_queue(conn, failover_chains=True)
-        account_id = conn.scalar(
-            insert(account)
-            .values(
-                sid=sids.new_sid(sids.ACCOUNT),
-                friendly_name="failover",
-                auth_token_sealed="-",
-                auth_token_digest="-",
-                date_created=now,
-                date_updated=now,
-            )
-            .returning(account.c.id)
-        )
-        ids = {
-            column: conn.scalar(
-                insert(credential)
-                .values(
-                    sid=sids.new_sid(sids.CREDENTIAL),
-                    account_id=account_id,
-                    type=type_,
-                    settings={},
-                    secret_sealed=vault.seal(json.dumps({"Secret": type_})),
-                    date_created=now,
-                    date_updated=now,
+        service_id, _ = insert_service(
+            conn,
+            name="failover",
+            now=now,
+            credentials={
+                column: CredentialRow(
+                    type_, secret_sealed=vault.seal(json.dumps({"Secret": type_}))
                 )
-                .returning(credential.c.id)
-            )
-            for column, type_ in (
-                ("apn_credential_id", "apn"),
-                ("sms_credential_id", "twilio-sms"),
-                ("facebook_messenger_credential_id", "facebook-messenger"),
-            )
-        }
-        return int(
-            conn.scalar(
-                insert(service)
-                .values(
-                    sid=sids.new_sid(sids.SERVICE),
-                    account_id=account_id,
-                    default_apn_notification_protocol_version="3",
-                    default_gcm_notification_protocol_version="3",
-                    default_fcm_notification_protocol_version="3",
-                    default_alexa_notification_protocol_version="3",
-                    log_enabled=True,
-                    delivery_callback_enabled=False,
-                    date_created=now,
-                    date_updated=now,
-                    **ids,
+                for column, type_ in (
+                    ("apn_credential_id", "apn"),
+                    ("sms_credential_id", "twilio-sms"),
+                    ("facebook_messenger_credential_id", "facebook-messenger"),
                 )
-                .returning(service.c.id)
-            )
+            },
         )
+        return service_id
 
     service_id = await database.transaction(op)
     yield Setup(database, vault, service_id, ScriptedChannel(), Clock())

@@ -13,9 +13,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, select, update
 
-from clarion import sids
 from clarion.delivery import fanout
 from clarion.store import bindings, notifications, queue, users
 from clarion.store import fanout as store_fanout
@@ -23,8 +22,8 @@ from clarion.store.bindings import Registration
 from clarion.store.clock import utcnow
 from clarion.store.database import Database
 from clarion.store.notifications import NewNotification
-from clarion.store.tables import account, binding, delivery, job, notification, service
-from support import quiet_the_queue
+from clarion.store.tables import binding, delivery, job, notification
+from support import insert_service, quiet_the_queue
 
 LEASE = timedelta(seconds=60)
 
@@ -36,36 +35,8 @@ async def service_id(database: Database) -> int:
     def op(conn: Connection) -> int:
         quiet_the_queue(conn)
         now = utcnow()
-        account_id = conn.scalar(
-            insert(account)
-            .values(
-                sid=sids.new_sid(sids.ACCOUNT),
-                friendly_name="fanout",
-                auth_token_sealed="-",
-                auth_token_digest="-",
-                date_created=now,
-                date_updated=now,
-            )
-            .returning(account.c.id)
-        )
-        return int(
-            conn.scalar(
-                insert(service)
-                .values(
-                    sid=sids.new_sid(sids.SERVICE),
-                    account_id=account_id,
-                    default_apn_notification_protocol_version="3",
-                    default_gcm_notification_protocol_version="3",
-                    default_fcm_notification_protocol_version="3",
-                    default_alexa_notification_protocol_version="3",
-                    log_enabled=True,
-                    delivery_callback_enabled=False,
-                    date_created=now,
-                    date_updated=now,
-                )
-                .returning(service.c.id)
-            )
-        )
+        service_id, _ = insert_service(conn, name="fanout", now=now)
+        return service_id
 
     return await database.transaction(op)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, select, update
 
 from clarion import sids
 from clarion.channels.base import Message, Outcome, Result
@@ -28,9 +28,9 @@ from clarion.store import notifications
 from clarion.store.clock import utcnow
 from clarion.store.database import Database
 from clarion.store.notifications import DirectAddress, NewNotification
-from clarion.store.tables import account, credential, delivery, notification, service
+from clarion.store.tables import delivery, notification
 from clarion.vault import Vault, new_key
-from support import quiet_the_queue
+from support import CredentialRow, insert_service, quiet_the_queue
 
 RECEIPT = payloads.RECEIPT_KEY
 
@@ -207,53 +207,18 @@ async def engine(database: Database, vault: Vault) -> AsyncIterator[Engine]:
 
     def op(conn: Connection) -> int:
         quiet_the_queue(conn)
-        account_id = conn.scalar(
-            insert(account)
-            .values(
-                sid=sids.new_sid(sids.ACCOUNT),
-                friendly_name="receipts",
-                auth_token_sealed="-",
-                auth_token_digest="-",
-                date_created=now,
-                date_updated=now,
-            )
-            .returning(account.c.id)
-        )
-        credentials = {
-            f"{type_}_credential_id": conn.scalar(
-                insert(credential)
-                .values(
-                    sid=sids.new_sid(sids.CREDENTIAL),
-                    account_id=account_id,
-                    type=type_,
-                    settings={},
-                    secret_sealed=vault.seal(json.dumps({"Secret": type_})),
-                    date_created=now,
-                    date_updated=now,
+        service_id, _ = insert_service(
+            conn,
+            name="receipts",
+            now=now,
+            credentials={
+                f"{type_}_credential_id": CredentialRow(
+                    type_, secret_sealed=vault.seal(json.dumps({"Secret": type_}))
                 )
-                .returning(credential.c.id)
-            )
-            for type_ in ("apn", "fcm")
-        }
-        return int(
-            conn.scalar(
-                insert(service)
-                .values(
-                    sid=sids.new_sid(sids.SERVICE),
-                    account_id=account_id,
-                    default_apn_notification_protocol_version="3",
-                    default_gcm_notification_protocol_version="3",
-                    default_fcm_notification_protocol_version="3",
-                    default_alexa_notification_protocol_version="3",
-                    log_enabled=True,
-                    delivery_callback_enabled=False,
-                    date_created=now,
-                    date_updated=now,
-                    **credentials,
-                )
-                .returning(service.c.id)
-            )
+                for type_ in ("apn", "fcm")
+            },
         )
+        return service_id
 
     service_id = await database.transaction(op)
     channel = RecordingChannel()

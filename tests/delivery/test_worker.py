@@ -18,9 +18,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, select, update
 
-from clarion import sids
 from clarion.channels.base import Message, Outcome, Result
 from clarion.delivery import payloads
 from clarion.delivery.breaker import THRESHOLD
@@ -41,7 +40,6 @@ from clarion.store.clock import utcnow
 from clarion.store.database import Database
 from clarion.store.notifications import DirectAddress, NewNotification
 from clarion.store.tables import (
-    account,
     binding,
     credential,
     delivery,
@@ -50,7 +48,7 @@ from clarion.store.tables import (
     service,
 )
 from clarion.vault import Vault
-from support import Clock, quiet_the_queue
+from support import Clock, CredentialRow, insert_service, quiet_the_queue
 
 TOKEN = "7e57" * 16  # "test"; other suites use their own tokens
 
@@ -141,52 +139,22 @@ async def setup(database: Database, vault: Vault) -> Setup:
 
     def op(conn: Connection) -> tuple[int, dict[str, int]]:
         quiet_the_queue(conn)
-        account_id = conn.scalar(
-            insert(account)
-            .values(
-                sid=sids.new_sid(sids.ACCOUNT),
-                friendly_name="worker",
-                auth_token_sealed="-",
-                auth_token_digest="-",
-                date_created=now,
-                date_updated=now,
-            )
-            .returning(account.c.id)
-        )
-        ids = {
-            column: conn.scalar(
-                insert(credential)
-                .values(
-                    sid=sids.new_sid(sids.CREDENTIAL),
-                    account_id=account_id,
-                    type=type_,
+        return insert_service(
+            conn,
+            name="worker",
+            now=now,
+            credentials={
+                column: CredentialRow(
+                    type_,
                     settings={"KeyId": "ABCDEFGHIJ"},
                     secret_sealed=vault.seal(json.dumps({"PrivateKey": "secret-of-" + type_})),
-                    date_created=now,
-                    date_updated=now,
                 )
-                .returning(credential.c.id)
-            )
-            for column, type_ in (("apn_credential_id", "apn"), ("sms_credential_id", "twilio-sms"))
-        }
-        service_id = conn.scalar(
-            insert(service)
-            .values(
-                sid=sids.new_sid(sids.SERVICE),
-                account_id=account_id,
-                default_apn_notification_protocol_version="3",
-                default_gcm_notification_protocol_version="3",
-                default_fcm_notification_protocol_version="3",
-                default_alexa_notification_protocol_version="3",
-                log_enabled=True,
-                delivery_callback_enabled=False,
-                date_created=now,
-                date_updated=now,
-                **ids,
-            )
-            .returning(service.c.id)
+                for column, type_ in (
+                    ("apn_credential_id", "apn"),
+                    ("sms_credential_id", "twilio-sms"),
+                )
+            },
         )
-        return int(service_id), {k: int(v) for k, v in ids.items()}
 
     service_id, credentials = await database.transaction(op)
     return Setup(database, vault, service_id, credentials, ScriptedChannel(), [], Clock())

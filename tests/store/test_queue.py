@@ -22,16 +22,14 @@ from clarion.store.clock import utcnow
 from clarion.store.database import Database
 from clarion.store.queue import Completion
 from clarion.store.tables import (
-    account,
     binding,
-    credential,
     delivery,
     delivery_event,
     job,
     notification,
     service,
 )
-from support import quiet_the_queue
+from support import CredentialRow, insert_service, quiet_the_queue
 
 T = TypeVar("T")
 LEASE = timedelta(seconds=60)
@@ -58,51 +56,13 @@ async def new_service(database: Database, now: datetime, **credentials: str) -> 
     """A service of a fresh account; `apn_credential_id="apn"` sets a credential of that type."""
 
     def op(conn: Connection) -> Service:
-        account_id = conn.scalar(
-            insert(account)
-            .values(
-                sid=sids.new_sid(sids.ACCOUNT),
-                friendly_name="queue",
-                auth_token_sealed="-",
-                auth_token_digest="-",
-                date_created=now,
-                date_updated=now,
-            )
-            .returning(account.c.id)
+        service_id, ids = insert_service(
+            conn,
+            name="queue",
+            now=now,
+            credentials={column: CredentialRow(type_) for column, type_ in credentials.items()},
         )
-        ids = {
-            column: conn.scalar(
-                insert(credential)
-                .values(
-                    sid=sids.new_sid(sids.CREDENTIAL),
-                    account_id=account_id,
-                    type=type_,
-                    settings={},
-                    date_created=now,
-                    date_updated=now,
-                )
-                .returning(credential.c.id)
-            )
-            for column, type_ in credentials.items()
-        }
-        service_id = conn.scalar(
-            insert(service)
-            .values(
-                sid=sids.new_sid(sids.SERVICE),
-                account_id=account_id,
-                default_apn_notification_protocol_version="3",
-                default_gcm_notification_protocol_version="3",
-                default_fcm_notification_protocol_version="3",
-                default_alexa_notification_protocol_version="3",
-                log_enabled=True,
-                delivery_callback_enabled=False,
-                date_created=now,
-                date_updated=now,
-                **ids,
-            )
-            .returning(service.c.id)
-        )
-        return Service(int(service_id), {k: int(v) for k, v in ids.items()})
+        return Service(service_id, ids)
 
     return await database.transaction(op)
 
