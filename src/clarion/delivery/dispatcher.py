@@ -116,11 +116,10 @@ class Dispatcher:
                 channel = await self._pool.get(item.credential_id)
             except ChannelUnavailableError as exc:
                 return _final(item, "failed", error_code=exc.code, error_message=exc.message)
-        breaker = self._breakers.get(item.credential_id or item.channel)
+        key = item.credential_id or item.channel
+        breaker = self._breakers.get(key)
         if breaker is None:
-            breaker = self._breakers[item.credential_id or item.channel] = CircuitBreaker(
-                clock=self._seconds
-            )
+            breaker = self._breakers[key] = CircuitBreaker(clock=self._seconds)
         hold = breaker.hold_for()
         if hold is not None:
             return _final(
@@ -131,31 +130,10 @@ class Dispatcher:
                 next_attempt_at=self._clock() + timedelta(seconds=hold),
                 refund_attempt=True,
             )
-        per_second = (
-            None if item.credential_id is None else self._pool.rate_limit(item.credential_id)
-        )
-        if per_second is not None and item.credential_id is not None and not item.slot_reserved:
-            now = self._clock()
-            slot = await self._slots.take(item.credential_id, per_second=per_second, now=now)
-            # TTL 0 means now or never: no waiting for a later slot either.
-            if _past_ttl(item, work, slot) or (work.ttl == 0 and slot - now > SLOT_WAIT):
-                return _final(
-                    item,
-                    "expired",
-                    error_message=f"The credential's RateLimit ({per_second:g}/s) has no send"
-                    " slot left before the TTL",
-                )
-            if slot - now > SLOT_WAIT:
-                return _final(
-                    item,
-                    "pending",
-                    event="throttled",
-                    error_message=f"waiting for a send slot (RateLimit {per_second:g}/s)",
-                    next_attempt_at=slot,
-                    refund_attempt=True,
-                    slot_reserved=True,
-                )
-            await asyncio.sleep((slot - now).total_seconds())
+        if item.credential_id is not None and not item.slot_reserved:
+            unsent = await self._wait_for_slot(item, work, item.credential_id)
+            if unsent is not None:
+                return unsent
         if item.channel in payloads.RECEIPT_CHANNELS:
             payload = payloads.with_receipt(item.channel, payload, self._receipt(item.id))
         message = Message(
@@ -175,6 +153,37 @@ class Dispatcher:
             result = Result(outcome=Outcome.RETRY, error_message=f"internal error: {exc!r}")
         breaker.record(result.outcome)
         return self._completion(item, work, result)
+
+    async def _wait_for_slot(
+        self, item: ClaimedDelivery, work: NotificationWork, credential_id: int
+    ) -> Completion | None:
+        """Under the credential's RateLimit, wait for this send's slot when it is near; else the
+        completion that holds the delivery until its slot, or expires it. None: send now."""
+        per_second = self._pool.rate_limit(credential_id)
+        if per_second is None:
+            return None
+        now = self._clock()
+        slot = await self._slots.take(credential_id, per_second=per_second, now=now)
+        # TTL 0 means now or never: no waiting for a later slot either.
+        if _past_ttl(item, work, slot) or (work.ttl == 0 and slot - now > SLOT_WAIT):
+            return _final(
+                item,
+                "expired",
+                error_message=f"The credential's RateLimit ({per_second:g}/s) has no send"
+                " slot left before the TTL",
+            )
+        if slot - now > SLOT_WAIT:
+            return _final(
+                item,
+                "pending",
+                event="throttled",
+                error_message=f"waiting for a send slot (RateLimit {per_second:g}/s)",
+                next_attempt_at=slot,
+                refund_attempt=True,
+                slot_reserved=True,
+            )
+        await asyncio.sleep((slot - now).total_seconds())
+        return None
 
     def _seconds(self) -> float:
         """The dispatcher's clock as seconds, for the breakers (tests move both at once)."""
