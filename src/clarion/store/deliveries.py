@@ -12,7 +12,6 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     ScalarSelect,
-    bindparam,
     exists,
     func,
     insert,
@@ -23,6 +22,7 @@ from sqlalchemy.engine import RowMapping
 
 from clarion import errors
 from clarion.store import failover
+from clarion.store.dialect import among
 from clarion.store.paging import PageRequest, PageResult, fetch_page
 from clarion.store.tables import binding, delivery, delivery_event, notification, service
 
@@ -145,26 +145,24 @@ def get(conn: Connection, *, notification_id: int, delivery_id: int) -> dict[str
 # out of order.
 REPORTABLE = {"delivered": ("sent",), "failed": ("sent",)}
 
-# A receipt recorded while its delivery was still `sending`: the device had the push before the
-# worker stored the provider's answer. (A carrier's report cannot come first: it names the
-# provider's message id, which is stored with the answer.)
-_RECEIPTED_EARLY = (
-    update(delivery)
-    .where(
-        delivery.c.id.in_(bindparam("ids", expanding=True)),
-        exists().where(
-            delivery_event.c.delivery_id == delivery.c.id, delivery_event.c.kind == "receipt"
-        ),
-    )
-    .values(status="delivered")
-)
-
 
 def deliver_receipted_early(conn: Connection, *, sent_ids: Sequence[int]) -> None:
     """Of deliveries just stored as `sent`, make `delivered` those whose receipt came first
-    (`record_receipt` left them `sending`)."""
+    (`record_receipt` left them `sending`): the device had the push before the worker stored
+    the provider's answer. (A carrier's report cannot come first: it names the provider's
+    message id, which is stored with the answer.)"""
     if sent_ids:
-        conn.execute(_RECEIPTED_EARLY, {"ids": list(sent_ids)})
+        conn.execute(
+            update(delivery)
+            .where(
+                among(conn, delivery.c.id, sent_ids),
+                exists().where(
+                    delivery_event.c.delivery_id == delivery.c.id,
+                    delivery_event.c.kind == "receipt",
+                ),
+            )
+            .values(status="delivered")
+        )
 
 
 def record_provider_report(

@@ -41,7 +41,7 @@ from sqlalchemy import (
 
 from clarion.credential_types import CHANNEL_CREDENTIAL_TYPES
 from clarion.store import callbacks, deliveries, failover
-from clarion.store.dialect import sqlite_time
+from clarion.store.dialect import among, sqlite_time
 from clarion.store.tables import (
     binding,
     credential,
@@ -172,21 +172,31 @@ def claim_deliveries(
     ).all()
     if not rows:
         return DeliveryBatch(deliveries=[], notifications={})
-    works, service_credentials = _notifications(conn, {row.notification_id for row in rows})
+    works, service_credentials = _notifications(conn, {nid for _, nid, *_ in rows})
+    # Rows unpacked as tuples: SQLAlchemy's per-attribute access cost ~7 µs a delivery.
     claimed = [
         ClaimedDelivery(
-            id=row.id,
-            notification_id=row.notification_id,
-            binding_id=row.binding_id,
-            channel=row.channel,
-            address=row.address,
-            attempts=row.attempts,
-            ambiguous=bool(row.ambiguous),
-            credential_id=row.credential_id
-            or service_credentials[row.notification_id].get(row.channel),
-            slot_reserved=bool(row.slot_reserved),
+            id=id_,
+            notification_id=notification_id,
+            binding_id=binding_id,
+            channel=channel,
+            address=address,
+            attempts=attempts,
+            ambiguous=bool(ambiguous),
+            credential_id=credential_id or service_credentials[notification_id].get(channel),
+            slot_reserved=bool(slot_reserved),
         )
-        for row in rows
+        for (
+            id_,
+            notification_id,
+            binding_id,
+            channel,
+            address,
+            attempts,
+            ambiguous,
+            credential_id,
+            slot_reserved,
+        ) in rows
     ]
     return DeliveryBatch(deliveries=claimed, notifications=works)
 
@@ -361,7 +371,7 @@ def complete_deliveries(
         owned = set(
             conn.scalars(
                 select(delivery.c.id).where(
-                    delivery.c.id.in_([c.delivery_id for c in completions]),
+                    among(conn, delivery.c.id, [c.delivery_id for c in completions]),
                     delivery.c.lease_owner == owner,
                     delivery.c.status == "sending",
                 )
