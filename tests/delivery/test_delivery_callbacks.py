@@ -12,6 +12,7 @@ import asyncio
 import functools
 import json
 import random
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -26,7 +27,7 @@ from twilio.request_validator import RequestValidator
 
 from clarion.channels.base import Channel, Message, Outcome, Result
 from clarion.delivery import retry
-from clarion.delivery.callbacks import DeliveryCallbacks
+from clarion.delivery.callbacks import EXCERPT_BYTES, DeliveryCallbacks
 from clarion.delivery.channel_pool import Credential
 from clarion.delivery.wakeup import LocalSignal, SoleLeader
 from clarion.delivery.worker import Worker, WorkerConfig
@@ -35,7 +36,7 @@ from clarion.store.clock import utcnow
 from clarion.store.database import Database
 from clarion.store.tables import job, notification
 from clarion.vault import Vault
-from support import Account, Clock, quiet_the_queue
+from support import Account, Clock, closed_port, quiet_the_queue
 
 LEASE = timedelta(seconds=60)
 # Short enough that an endpoint which never answers costs the suite little.
@@ -65,6 +66,8 @@ class Application:
     def __init__(self) -> None:
         self.received: list[Received] = []
         self.scripts: dict[str, list[int]] = {}
+        # The body a path answers with, if not the empty one.
+        self.bodies: dict[str, bytes] = {}
         self.arrived = asyncio.Event()
         self._silence_ends = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -105,7 +108,12 @@ class Application:
         status = script.pop(0) if script else 200
         if status == SILENCE:
             await self._silence_ends.wait()
-        return web.Response(status=status or 200)
+        return web.Response(
+            status=status or 200,
+            body=self.bodies.get(request.path, b""),
+            content_type="text/plain",
+            charset="utf-8",
+        )
 
 
 class AcceptingChannel:
@@ -210,10 +218,16 @@ async def send_everything(worker: Worker) -> None:
             return
 
 
-async def callback_of(api: httpx.AsyncClient, service_sid: str, sid: str) -> dict[str, Any]:
+async def callback_of(
+    api: httpx.AsyncClient, service_sid: str, sid: str, *, requests: bool = False
+) -> dict[str, Any]:
+    """The notification's `delivery_callback`; its `recent_requests` only if asked for."""
     response = await api.get(f"/v1/Services/{service_sid}/Notifications/{sid}")
     assert response.status_code == 200, response.text
-    return dict(response.json()["delivery_callback"])
+    found = dict(response.json()["delivery_callback"])
+    if not requests:
+        del found["recent_requests"]
+    return found
 
 
 # ---------------------------------------------------------------------------------------------
@@ -587,3 +601,114 @@ async def test_a_notification_has_its_callback_queued_once(
     assert await database.transaction(enqueue_again) == 1
     await send_everything(engine.workers[0])
     assert len(application.at("/once")) == 1
+
+
+# --- what each POST got back, for the debugger -----------------------------------------------
+
+
+async def attempts_of(database: Database, sid: str) -> list[callbacks.Attempt]:
+    """The notification's recorded callback POSTs, oldest first."""
+
+    def load(conn: Connection) -> list[callbacks.Attempt]:
+        notification_id = conn.scalar(select(notification.c.id).where(notification.c.sid == sid))
+        return callbacks.attempts(conn, notification_id=notification_id, limit=1000).latest[::-1]
+
+    return await database.read(load)
+
+
+async def test_every_post_is_recorded_with_the_answer_it_got(
+    api: httpx.AsyncClient, database: Database, engine: Engine, application: Application
+) -> None:
+    service_sid = await create_service(api)
+    application.scripts["/answers"] = [503]
+    application.bodies["/answers"] = b"<h1>Busy</h1>"
+    sid = await notify(
+        api, service_sid, tokens(callbacks.BATCH_SIZE + 1), callback=application.url("/answers")
+    )
+    worker = engine.worker()
+    await send_everything(worker)
+    engine.clock.advance(seconds=retry.backoff_ceiling(1))
+    assert await worker.run_jobs() == 1
+
+    recorded = await attempts_of(database, sid)
+    assert [
+        (a.sequence, a.final, a.deliveries, a.attempt, a.status_code, a.error, a.response_excerpt)
+        for a in recorded
+    ] == [
+        (0, False, callbacks.BATCH_SIZE, 1, 503, None, "<h1>Busy</h1>"),
+        (0, False, callbacks.BATCH_SIZE, 2, 200, None, "<h1>Busy</h1>"),
+        (1, True, 1, 1, 200, None, "<h1>Busy</h1>"),
+    ]
+    assert [a.acknowledged for a in recorded] == [False, True, True]
+    assert all(a.latency_ms >= 0 for a in recorded)
+    assert recorded[0].at < recorded[1].at  # the retry came after the backoff
+
+    # The API shows them too, newest first (an extension of the notification's record).
+    shown = (await callback_of(api, service_sid, sid, requests=True))["recent_requests"]
+    assert [
+        (r["sequence_id"], r["is_final"], r["count"], r["attempt"], r["status_code"], r["error"])
+        for r in shown
+    ] == [
+        (1, True, 1, 1, 200, None),
+        (0, False, callbacks.BATCH_SIZE, 2, 200, None),
+        (0, False, callbacks.BATCH_SIZE, 1, 503, None),
+    ]
+    assert shown[-1]["response_excerpt"] == "<h1>Busy</h1>"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", shown[0]["date_sent"])
+    assert isinstance(shown[0]["latency_ms"], int)
+
+
+async def test_an_unreachable_receiver_is_recorded_with_the_connection_error(
+    api: httpx.AsyncClient, database: Database, engine: Engine
+) -> None:
+    service_sid = await create_service(api)
+    sid = await notify(
+        api, service_sid, tokens(1), callback=f"http://127.0.0.1:{closed_port()}/nobody"
+    )
+    await send_everything(engine.worker())
+
+    (attempt,) = await attempts_of(database, sid)
+    assert (attempt.sequence, attempt.final, attempt.deliveries, attempt.attempt) == (0, True, 1, 1)
+    assert attempt.status_code is None
+    assert attempt.response_excerpt is None
+    assert attempt.error is not None
+    assert attempt.error.startswith("could not reach the callback URL")
+
+
+async def test_only_the_last_attempts_of_a_batch_are_kept(
+    api: httpx.AsyncClient, database: Database, engine: Engine, application: Application
+) -> None:
+    """A receiver failing for hours leaves a few rows, not one per try."""
+    service_sid = await create_service(api)
+    application.scripts["/down"] = [500] * callbacks.MAX_ATTEMPTS
+    sid = await notify(api, service_sid, tokens(1), callback=application.url("/down"))
+    worker = engine.worker()
+    await send_everything(worker)
+    for _ in range(callbacks.MAX_ATTEMPTS - 1):
+        engine.clock.advance(seconds=retry.MAX_DELAY)
+        assert await worker.run_jobs() == 1
+
+    assert len(application.at("/down")) == callbacks.MAX_ATTEMPTS
+    recorded = await attempts_of(database, sid)
+    first_kept = callbacks.MAX_ATTEMPTS - callbacks.KEPT_ATTEMPTS + 1
+    assert [a.attempt for a in recorded] == list(range(first_kept, callbacks.MAX_ATTEMPTS + 1))
+    assert {a.status_code for a in recorded} == {500}
+    assert (await callback_of(api, service_sid, sid))["status"] == "failed"
+
+
+async def test_a_response_body_is_kept_as_a_short_clean_excerpt(
+    api: httpx.AsyncClient, database: Database, engine: Engine, application: Application
+) -> None:
+    service_sid = await create_service(api)
+    # Control characters (an ANSI escape, a NUL), a CRLF, and far more than a kilobyte.
+    application.bodies["/chatty"] = b"ok\x1b[31m\x00red\r\nline 2\t" + b"x" * 5000
+    sid = await notify(api, service_sid, tokens(1), callback=application.url("/chatty"))
+    await send_everything(engine.worker())
+
+    (attempt,) = await attempts_of(database, sid)
+    excerpt = attempt.response_excerpt
+    assert excerpt is not None
+    assert excerpt.startswith("ok\ufffd[31m\ufffdred\nline 2\t")
+    assert excerpt.endswith("x…")
+    assert len(excerpt.encode()) <= EXCERPT_BYTES + 16
+    assert all(char in "\t\n" or char >= " " for char in excerpt)

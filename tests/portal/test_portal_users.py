@@ -189,7 +189,9 @@ async def receiver() -> AsyncIterator[tuple[str, list[int]]]:
 
     async def handle(request: web.Request) -> web.Response:
         await request.post()
-        return web.Response(status=statuses.pop(0) if statuses else 200)
+        status = statuses.pop(0) if statuses else 200
+        # A body a page must escape, not run.
+        return web.Response(status=status, text=f"<script>alert({status})</script>")
 
     app = web.Application()
     app.router.add_post("/callback", handle)
@@ -271,9 +273,17 @@ async def test_the_notification_page_shows_its_delivery_callback(
     assert '<span class="badge s-pending">pending</span>' in failing.text
     assert "batch 0: HTTP 500 Internal Server Error" in failing.text
     assert re.search(r"<dt>Attempts</dt><dd>1 <span class=\"muted\">at batch 0", failing.text)
+    (row,) = re.findall(r"<tr>\s*<td class=\"num\">0</td>.*?</tr>", failing.text, re.S)
+    assert '<span class="badge s-failed">HTTP 500</span>' in row
+    assert "<code>&lt;script&gt;alert(500)&lt;/script&gt;</code>" in row
+    assert "<script>alert" not in failing.text
 
     await _post_callback(database, vault, now=LONG_AGO + timedelta(days=1))
     sent = await portal.get(f"{base}/{sid}")
     assert '<span class="badge s-sent">sent</span>' in sent.text
     assert re.search(r"<dt>Batches acknowledged</dt><dd>1 ", sent.text)
-    assert "HTTP 500" not in sent.text
+    assert "batch 0: HTTP 500" not in sent.text  # the last error is cleared…
+    rows = re.findall(r"<tr>\s*<td class=\"num\">0</td>.*?</tr>", sent.text, re.S)
+    assert len(rows) == 2  # …and both requests are listed, the latest first
+    assert '<span class="badge s-sent">HTTP 200</span>' in rows[0]
+    assert '<span class="badge s-failed">HTTP 500</span>' in rows[1]

@@ -28,6 +28,7 @@ from clarion.api import (
 from clarion.api.auth import Authenticator
 from clarion.api.context import Runtime, escape_segment
 from clarion.api.responses import error_response
+from clarion.portal import demo
 from clarion.portal.app import create_portal
 from clarion.store.database import Database
 from clarion.vault import Vault
@@ -181,6 +182,8 @@ def create_app(
     )
     # The web portal: its pages at /portal, its writes through this app's own API routes.
     app.mount("/portal", create_portal(runtime=app.state.runtime, api=app))
+    # The README's address of the web push demo; the page itself lives under /portal.
+    app.add_route("/demo/webpush", demo.entry, methods=["GET"])
     app.add_middleware(JsonSuffix)
     app.add_middleware(EncodedSlashes)
     return app

@@ -272,10 +272,11 @@ async def fetch(request: Request) -> Response:
             row,
             counts,
             callbacks.state(conn, notification_id=row["id"]),
+            callbacks.attempts(conn, notification_id=row["id"], limit=CALLBACK_REQUESTS),
             failover.summary(conn, notification_id=row["id"]),
         )
 
-    row, counts, callback, failover_summary = await ctx.database.read(load)
+    row, counts, callback, requests, failover_summary = await ctx.database.read(load)
     by_status: dict[str, int] = {}
     for statuses in counts.values():
         for status, count in statuses.items():
@@ -303,6 +304,8 @@ async def fetch(request: Request) -> Response:
                 "attempts": callback.attempts,
                 "last_error": callback.last_error,
                 "batches_sent": callback.batches_sent,
+                # The latest POSTs and what the receiver answered, newest first.
+                "recent_requests": [_callback_request(item) for item in requests.latest],
             },
             "deliveries": {"total": sum(by_status.values()), **by_status},
             "deliveries_by_channel": counts,
@@ -313,6 +316,24 @@ async def fetch(request: Request) -> Response:
             "links": {"deliveries": ctx.url(f"{path}/Deliveries")},
         }
     )
+
+
+# Callback POSTs a fetched notification shows (the portal shows more).
+CALLBACK_REQUESTS = 5
+
+
+def _callback_request(item: callbacks.Attempt) -> dict[str, Any]:
+    return {
+        "sequence_id": item.sequence,
+        "is_final": item.final,
+        "count": item.deliveries,
+        "attempt": item.attempt,
+        "date_sent": timestamp(item.at),
+        "status_code": item.status_code,
+        "error": item.error,
+        "latency_ms": item.latency_ms,
+        "response_excerpt": item.response_excerpt,
+    }
 
 
 def render(

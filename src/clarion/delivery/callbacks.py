@@ -25,6 +25,10 @@ acknowledged. Anything else (another status, a timeout, no connection) ends the 
 again with the delivery retry policy's backoff, until the batch has had `max_attempts` tries and
 the callback fails with the reason, which the notification's API record shows.
 
+Each POST's answer — status or connection error, latency, the first `EXCERPT_BYTES` of the body
+as text — is recorded with the batch's progress (clarion.store.callbacks.record_attempt), for
+the portal's debugger.
+
 States are as they stand when a batch is built; later changes (an SMS reported delivered) are not
 sent again, as Notify sends no handset receipts: the Deliveries API has them.
 """
@@ -35,18 +39,22 @@ import functools
 import json
 import logging
 import random
+import time
+import unicodedata
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
+from sqlalchemy import Connection
 
 from clarion import sids
 from clarion.channels.http1 import PooledSession
 from clarion.channels.twilio_sms import signature
 from clarion.delivery import retry
 from clarion.store import callbacks, queue
-from clarion.store.callbacks import Batch, Cursor, Reported, Sender
+from clarion.store.callbacks import Attempt, Batch, Cursor, Reported, Sender
 from clarion.store.database import Database
 from clarion.store.queue import ClaimedJob
 from clarion.vault import Vault
@@ -59,6 +67,27 @@ CONNECTIONS_PER_HOST = 4
 # A delivery's status → DeliveryState `status`. Notify's vocabulary is SENT/FAILED (§6); a
 # delivered SMS was SENT as far as the callback goes, and EXPIRED is Clarion's own.
 STATES = {"sent": "SENT", "delivered": "SENT", "failed": "FAILED", "expired": "EXPIRED"}
+# How much of a receiver's answer the debugger keeps: enough for an error page's message.
+EXCERPT_BYTES = 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class Answer:
+    """What one POST got: a status (and the start of the body), or why there was none."""
+
+    status: int | None
+    reason: str | None
+    error: str | None
+    latency_ms: int
+    excerpt: str | None
+
+    def failure(self) -> str | None:
+        """Why the batch is not acknowledged (the job's last error), or None."""
+        if self.status is None:
+            return self.error
+        if callbacks.acknowledges(self.status):
+            return None
+        return f"HTTP {self.status} {self.reason or ''}".rstrip()
 
 
 class DeliveryCallbacks:
@@ -117,17 +146,34 @@ class DeliveryCallbacks:
                     callbacks.load_batch, notification_id=notification_id, after=cursor.after
                 )
             )
-            error = await self._post(cursor.url, form(who, cursor.sequence, batch), auth_token)
+            answer = await self._post(cursor.url, form(who, cursor.sequence, batch), auth_token)
+            attempt = Attempt(
+                sequence=cursor.sequence,
+                final=batch.final,
+                deliveries=len(batch.deliveries),
+                attempt=attempts,
+                at=self._clock(),
+                status_code=answer.status,
+                error=answer.error,
+                latency_ms=answer.latency_ms,
+                response_excerpt=answer.excerpt,
+            )
+            error = answer.failure()
             if error is not None:
                 await self._failed(
-                    job, attempts=attempts, error=f"batch {cursor.sequence}: {error}"
+                    job,
+                    attempts=attempts,
+                    error=f"batch {cursor.sequence}: {error}",
+                    attempt=attempt,
                 )
                 return
             after = batch.deliveries[-1].id if batch.deliveries else cursor.after
             cursor = Cursor(url=cursor.url, sequence=cursor.sequence + 1, after=after)
             recorded = await self._database.transaction(
                 functools.partial(
-                    callbacks.record_batch,
+                    _acknowledged,
+                    notification_id=notification_id,
+                    attempt=attempt,
                     job_id=job.id,
                     owner=self._owner,
                     cursor=cursor,
@@ -147,27 +193,42 @@ class DeliveryCallbacks:
                 )
                 return
 
-    async def _post(self, url: str, fields: list[tuple[str, str]], auth_token: str) -> str | None:
-        """Send one batch; None when the receiver acknowledged it, else what went wrong."""
+    async def _post(self, url: str, fields: list[tuple[str, str]], auth_token: str) -> Answer:
+        """Send one batch; what came back, acknowledged (2xx) or not."""
         params: dict[str, list[str]] = {}
         for name, value in fields:
             params.setdefault(name, []).append(value)
         headers = {"X-Twilio-Signature": signature(url, params, auth_token)}
+        started = time.perf_counter()
+
+        def failed(error: str) -> Answer:
+            return Answer(
+                status=None, reason=None, error=error, latency_ms=_ms(started), excerpt=None
+            )
+
         try:
             # A redirect is not followed: the signature covers this URL, not another.
             async with self._http.client().post(
                 url, data=fields, headers=headers, allow_redirects=False
             ) as response:
-                if 200 <= response.status < 300:
-                    return None
-                return f"HTTP {response.status} {response.reason or ''}".rstrip()
+                excerpt = await _excerpt(response)
+                return Answer(
+                    status=response.status,
+                    reason=response.reason,
+                    error=None,
+                    latency_ms=_ms(started),
+                    excerpt=excerpt,
+                )
         except TimeoutError:
-            return f"no answer within {self._timeout:g} s"
+            return failed(f"no answer within {self._timeout:g} s")
         except (aiohttp.ClientError, ValueError) as exc:
-            return f"could not reach the callback URL: {exc!r}"
+            return failed(f"could not reach the callback URL: {exc!r}")
 
-    async def _failed(self, job: ClaimedJob, *, attempts: int, error: str) -> None:
-        """Retry after the delivery policy's backoff, or give up once the batch had its tries."""
+    async def _failed(
+        self, job: ClaimedJob, *, attempts: int, error: str, attempt: Attempt | None = None
+    ) -> None:
+        """Retry after the delivery policy's backoff, or give up once the batch had its tries;
+        `attempt`, the POST that failed, is recorded with it."""
         retry_at = None
         if attempts < job.max_attempts:
             delay = self._rng.uniform(retry.MIN_DELAY, retry.backoff_ceiling(attempts))
@@ -178,11 +239,98 @@ class DeliveryCallbacks:
         try:
             await self._database.transaction(
                 functools.partial(
-                    queue.fail_job, job_id=job.id, owner=self._owner, error=error, retry_at=retry_at
+                    _not_acknowledged,
+                    notification_id=job.notification_id,
+                    attempt=attempt,
+                    job_id=job.id,
+                    owner=self._owner,
+                    error=error,
+                    retry_at=retry_at,
                 )
             )
         except queue.LeaseLostError:
             log.warning("delivery callback job %s was taken over by another worker", job.id)
+
+
+def _acknowledged(
+    conn: Connection,
+    *,
+    notification_id: int,
+    attempt: Attempt,
+    job_id: int,
+    owner: str,
+    cursor: Cursor,
+    final: bool,
+    now: datetime,
+    lease: timedelta,
+) -> bool:
+    """Record the POST and move the job past its batch, in one transaction."""
+    recorded = callbacks.record_batch(
+        conn, job_id=job_id, owner=owner, cursor=cursor, final=final, now=now, lease=lease
+    )
+    if recorded:
+        callbacks.record_attempt(conn, notification_id=notification_id, attempt=attempt)
+    return recorded
+
+
+def _not_acknowledged(
+    conn: Connection,
+    *,
+    notification_id: int | None,
+    attempt: Attempt | None,
+    job_id: int,
+    owner: str,
+    error: str,
+    retry_at: datetime | None,
+) -> None:
+    """Record the POST that failed (if there was one) and schedule the retry, together: a
+    worker that lost the job records nothing."""
+    queue.fail_job(conn, job_id=job_id, owner=owner, error=error, retry_at=retry_at)
+    if attempt is not None and notification_id is not None:
+        callbacks.record_attempt(conn, notification_id=notification_id, attempt=attempt)
+
+
+def _ms(started: float) -> int:
+    return round(1000 * (time.perf_counter() - started))
+
+
+async def _excerpt(response: aiohttp.ClientResponse) -> str | None:
+    """The start of a response body as printable text, or None for an empty body.
+
+    Read up to `EXCERPT_BYTES` (and one more, to know whether there is more): a receiver's
+    error page says what went wrong, its full size does not matter. A body that stalls or breaks
+    off leaves what had arrived: the status has already answered the POST.
+    """
+    data = b""
+    try:
+        while len(data) <= EXCERPT_BYTES:
+            chunk = await response.content.read(EXCERPT_BYTES + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    except (TimeoutError, aiohttp.ClientError):
+        pass
+    if not data:
+        return None
+    return sanitise(data[:EXCERPT_BYTES], charset=response.charset) + (
+        "…" if len(data) > EXCERPT_BYTES else ""
+    )
+
+
+def sanitise(data: bytes, *, charset: str | None) -> str:
+    """Bytes from a stranger as text safe to store and show: decoded leniently (a cut-off
+    multi-byte character becomes U+FFFD), control and format characters but tab and newline
+    replaced, so nothing can hide text or break a terminal or a log line."""
+    try:
+        text = data.decode(charset or "utf-8", errors="replace")
+    except LookupError:
+        text = data.decode("utf-8", errors="replace")
+    return "".join(
+        char
+        if char in "\t\n" or unicodedata.category(char)[0] != "C"
+        else ("" if char == "\r" else "\ufffd")
+        for char in text
+    )
 
 
 def form(who: Sender, sequence: int, batch: Batch) -> list[tuple[str, str]]:

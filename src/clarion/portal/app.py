@@ -38,6 +38,7 @@ from clarion.portal.session import (
     IDLE_SECONDS,
     Session,
     SessionCodec,
+    SessionStore,
     anonymous,
     fingerprint,
 )
@@ -66,6 +67,7 @@ TEMPLATES.globals.update(
 # What a redirect after a change may announce; the URL names the key, never the text.
 NOTICES = {
     "signed-out": "You are signed out.",
+    "signed-out-everywhere": "You are signed out of every session of your account.",
     "expired": "Your session ended; sign in again.",
     "service-created": "Service created.",
     "service-saved": "Service saved.",
@@ -173,6 +175,11 @@ def _codec(request: Request) -> SessionCodec:
     return codec
 
 
+def _store(request: Request) -> SessionStore:
+    store: SessionStore = request.app.state.session_store
+    return store
+
+
 def _runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
@@ -194,7 +201,8 @@ def _keep(response: Response, request: Request, session: Session) -> Response:
 
 async def _current(request: Request, session: Session | None) -> Principal | None:
     """The principal of a signed-in session whose credential still has the secret it signed in
-    with (a rotated token or deleted key signs its sessions out)."""
+    with (a rotated token or deleted key signs its sessions out), and which was not signed out
+    nor left idle on the server's side."""
     if session is None or session.username is None:
         return None
     found = await _runtime(request).authenticator.lookup(session.username)
@@ -204,6 +212,8 @@ async def _current(request: Request, session: Session | None) -> Principal | Non
     if principal.account_id != session.account_id or not hmac.compare_digest(
         fingerprint(digest), session.fingerprint or ""
     ):
+        return None
+    if not await _store(request).check(session):
         return None
     return principal
 
@@ -308,18 +318,35 @@ async def sign_in(request: Request) -> Response:
     signed_in = session.signed_in(
         username=username, principal=principal, digest=found[1], now=_codec(request).now()
     )
+    await _store(request).begin(signed_in)
     return _keep(RedirectResponse(target, status_code=303), request, signed_in)
 
 
 async def sign_out(request: Request) -> Response:
-    """End the session: the browser keeps only a fresh, anonymous one."""
+    """End the session, on the server too (a copy of the cookie is worthless from now on):
+    the browser keeps only a fresh, anonymous one."""
     session = _codec(request).open(request.cookies.get(COOKIE))
     if session is None:
         return _to_sign_in(request)
     checked = await _form(request, session)
     if isinstance(checked, Response):
         return _keep(checked, request, session)
+    await _store(request).end(session)
     response = RedirectResponse("/portal/sign-in?done=signed-out", status_code=303)
+    return _keep(response, request, anonymous())
+
+
+async def sign_out_everywhere(request: Request) -> Response:
+    """End every session of the account, this one included (a lost laptop, a shared one)."""
+    session = _codec(request).open(request.cookies.get(COOKIE))
+    principal = await _current(request, session)
+    if principal is None or session is None:
+        return _to_sign_in(request, "expired" if request.cookies.get(COOKIE) else None)
+    checked = await _form(request, session)
+    if isinstance(checked, Response):
+        return _keep(checked, request, session)
+    await _store(request).end_all(principal.account_id)
+    response = RedirectResponse("/portal/sign-in?done=signed-out-everywhere", status_code=303)
     return _keep(response, request, anonymous())
 
 
@@ -352,16 +379,19 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 def create_portal(*, runtime: Runtime, api: ASGIApp) -> Starlette:
     """The portal app; `api` is the API app its writes go through."""
-    from clarion.portal import configuration, dashboard, debugger, users
+    from clarion.portal import account, configuration, dashboard, debugger, demo, users
 
     routes: list[BaseRoute] = [
         Route("/", dashboard.show, methods=["GET"]),
         Route("/sign-in", sign_in_page, methods=["GET"]),
         Route("/sign-in", sign_in, methods=["POST"]),
         Route("/sign-out", sign_out, methods=["POST"]),
+        Route("/sign-out-everywhere", sign_out_everywhere, methods=["POST"]),
+        *account.ROUTES,
         *configuration.ROUTES,
         *users.ROUTES,
         *debugger.ROUTES,
+        *demo.ROUTES,
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     app = Starlette(
@@ -376,4 +406,5 @@ def create_portal(*, runtime: Runtime, api: ASGIApp) -> Starlette:
     app.state.runtime = runtime
     app.state.api = api
     app.state.sessions = SessionCodec(runtime.vault)
+    app.state.session_store = SessionStore(runtime.database)
     return app

@@ -33,6 +33,8 @@ from clarion.store import callbacks, deliveries, failover, notifications, servic
 from clarion.store.paging import PageRequest, PageResult
 
 DELIVERY_PAGE = 50
+# Delivery-callback POSTs shown on a notification's page, newest first.
+CALLBACK_ATTEMPTS = 20
 NOTIFICATION_PAGE = 50
 LIVE_INTERVAL = 1.0
 # A live view reconnects (and is authenticated again) after this long.
@@ -191,6 +193,9 @@ class NotificationView:
     callback: callbacks.State
     failover: dict[str, Any] | None
     page: PageResult
+    # The latest callback POSTs and their answers; only the full page reads them (the callback
+    # is sent once the notification is complete, after the live view has closed).
+    callback_attempts: callbacks.Attempts | None = None
 
     @property
     def in_flight(self) -> bool:
@@ -216,7 +221,9 @@ def _delivery_filters(request: Request) -> tuple[list[str], list[str]]:
     return statuses, channels
 
 
-async def _load_notification(portal: Portal, *, page_request: PageRequest) -> NotificationView:
+async def _load_notification(
+    portal: Portal, *, page_request: PageRequest, with_attempts: bool = False
+) -> NotificationView:
     service_sid = path_sid(portal, "sid", sids.SERVICE)
     notification_sid = path_sid(portal, "notification", sids.NOTIFICATION)
     statuses, channels = _delivery_filters(portal.request)
@@ -239,6 +246,11 @@ async def _load_notification(portal: Portal, *, page_request: PageRequest) -> No
                 channels=channels,
                 page=page_request,
             ),
+            callback_attempts=callbacks.attempts(
+                conn, notification_id=row["id"], limit=CALLBACK_ATTEMPTS
+            )
+            if with_attempts
+            else None,
         )
 
     return await portal.read(load)
@@ -259,7 +271,9 @@ def _notification_path(view: NotificationView) -> str:
 @page
 async def notification_page(portal: Portal) -> Response:
     started = time.perf_counter()
-    view = await _load_notification(portal, page_request=keyset(portal.request, DELIVERY_PAGE))
+    view = await _load_notification(
+        portal, page_request=keyset(portal.request, DELIVERY_PAGE), with_attempts=True
+    )
     statuses, channels = _delivery_filters(portal.request)
     first_page = not (
         portal.request.query_params.get("after") or portal.request.query_params.get("before")
@@ -278,6 +292,7 @@ async def notification_page(portal: Portal) -> Response:
         selected_statuses=statuses,
         selected_channels=channels,
         filter_query=filter_query,
+        kept_attempts=callbacks.KEPT_ATTEMPTS,
     )
     # How long the server took, for the browser's devtools and bench/portal.py.
     response.headers["Server-Timing"] = f"page;dur={1000 * (time.perf_counter() - started):.1f}"

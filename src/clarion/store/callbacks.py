@@ -7,6 +7,10 @@ notification completes, and kept in the job's cursor with where the job has got 
 `{"url", "sequence": the next batch's SequenceId, "after": the last delivery id reported}`.
 Batches walk the deliveries in id order, so a job resumed after a crash goes on with the first
 batch its receiver had not acknowledged.
+
+Every POST's answer is kept for the debugger (`delivery_callback_attempt`): only the last
+`KEPT_ATTEMPTS` of each batch, so a receiver that fails for hours costs a few rows, not one per
+try.
 """
 
 from __future__ import annotations
@@ -16,10 +20,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, case, func, select, update
+from sqlalchemy import ColumnElement, Connection, case, delete, func, insert, select, update
 
 from clarion.store.dialect import insert_or_ignore
-from clarion.store.tables import account, binding, delivery, job, notification, service
+from clarion.store.tables import (
+    account,
+    binding,
+    delivery,
+    delivery_callback_attempt,
+    job,
+    notification,
+    service,
+)
 
 KIND = "delivery_callback"
 # Deliveries per callback at most: Notify's "up to 1000" (reference/twilio-notify.md §6) less
@@ -35,6 +47,9 @@ FINAL_DELIVERY = ("sent", "delivered", "failed", "expired")
 MAX_ATTEMPTS = 12
 # The job's status → the callback's, as the API shows it.
 API_STATUS = {"pending": "pending", "running": "pending", "done": "sent", "failed": "failed"}
+# Attempts kept per batch: the latest, which say how the receiver answers now; a batch has at
+# most MAX_ATTEMPTS tries, and the first of a long failure adds little to the last few.
+KEPT_ATTEMPTS = 5
 
 
 def _url() -> ColumnElement[str | None]:
@@ -249,3 +264,104 @@ def state(conn: Connection, *, notification_id: int) -> State:
         last_error=row.last_error,
         batches_sent=cursor.sequence,
     )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Attempt:
+    """One POST of one batch and what came back."""
+
+    sequence: int
+    final: bool
+    deliveries: int
+    # Which try at this batch, from 1.
+    attempt: int
+    at: datetime
+    # The receiver's HTTP status; None when there was no answer (then `error` says why).
+    status_code: int | None
+    error: str | None
+    latency_ms: int
+    # The start of the response body, as sanitised text (clarion.delivery.callbacks).
+    response_excerpt: str | None
+
+    @property
+    def acknowledged(self) -> bool:
+        return self.status_code is not None and acknowledges(self.status_code)
+
+
+def acknowledges(status: int) -> bool:
+    """A receiver acknowledges a batch with any 2xx (reference/twilio-notify.md §6)."""
+    return 200 <= status < 300
+
+
+def record_attempt(conn: Connection, *, notification_id: int, attempt: Attempt) -> None:
+    """Keep one POST's answer, and forget the batch's attempts older than the last few."""
+    conn.execute(
+        insert(delivery_callback_attempt).values(
+            notification_id=notification_id,
+            sequence=attempt.sequence,
+            final=attempt.final,
+            deliveries=attempt.deliveries,
+            attempt=attempt.attempt,
+            at=attempt.at,
+            status_code=attempt.status_code,
+            error=attempt.error,
+            latency_ms=attempt.latency_ms,
+            response_excerpt=attempt.response_excerpt,
+        )
+    )
+    # The batch's attempts beyond the kept ones, newest first, on the (notification, sequence,
+    # id) index: at most one row per call once a batch has its KEPT_ATTEMPTS.
+    stale = (
+        select(delivery_callback_attempt.c.id)
+        .where(
+            delivery_callback_attempt.c.notification_id == notification_id,
+            delivery_callback_attempt.c.sequence == attempt.sequence,
+        )
+        .order_by(delivery_callback_attempt.c.id.desc())
+        .offset(KEPT_ATTEMPTS)
+    )
+    ids = conn.scalars(stale).all()
+    if ids:
+        conn.execute(
+            delete(delivery_callback_attempt).where(delivery_callback_attempt.c.id.in_(ids))
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Attempts:
+    """A notification's latest callback attempts, newest first, and how many are kept."""
+
+    latest: list[Attempt]
+    total: int
+
+
+def attempts(conn: Connection, *, notification_id: int, limit: int) -> Attempts:
+    """The latest `limit` attempts of a notification's callback (all its batches)."""
+    table = delivery_callback_attempt
+    rows = conn.execute(
+        select(
+            table.c.sequence,
+            table.c.final,
+            table.c.deliveries,
+            table.c.attempt,
+            table.c.at,
+            table.c.status_code,
+            table.c.error,
+            table.c.latency_ms,
+            table.c.response_excerpt,
+        )
+        .where(table.c.notification_id == notification_id)
+        .order_by(table.c.id.desc())
+        .limit(limit)
+    ).all()
+    total = len(rows)
+    if total == limit:
+        total = (
+            conn.scalar(
+                select(func.count())
+                .select_from(table)
+                .where(table.c.notification_id == notification_id)
+            )
+            or 0
+        )
+    return Attempts(latest=[Attempt(**row._mapping) for row in rows], total=total)

@@ -425,3 +425,43 @@ delivery_event = Table(
     Column("detail", JSON, nullable=True),
     Index("ix_delivery_event_delivery_id", "delivery_id", "id"),
 )
+
+# What each delivery-callback POST got back (clarion.delivery.callbacks), for the debugger:
+# the receiver's status or the connection's error, how long it took, the start of its answer.
+# Bounded: only the last few attempts of each batch are kept (clarion.store.callbacks).
+delivery_callback_attempt = Table(
+    "delivery_callback_attempt",
+    metadata,
+    _id(),
+    Column("notification_id", ForeignKey("notification.id", ondelete="CASCADE"), nullable=False),
+    # The batch: its SequenceId and IsFinal, and how many deliveries it reported.
+    Column("sequence", Integer, nullable=False),
+    Column("final", Boolean, nullable=False),
+    Column("deliveries", Integer, nullable=False),
+    # Which try at this batch it was, from 1.
+    Column("attempt", Integer, nullable=False),
+    Column("at", DateTime(), nullable=False),
+    # The HTTP status, or null when there was none (then `error` says why).
+    Column("status_code", Integer, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("latency_ms", Integer, nullable=False),
+    # The first kilobyte or so of the response body, as text with control characters removed.
+    Column("response_excerpt", Text, nullable=True),
+    # A notification's attempts, a batch's latest first (and the ones to prune).
+    Index("ix_delivery_callback_attempt_notification", "notification_id", "sequence", "id"),
+)
+
+# Signed-in portal sessions. The cookie carries a random key; a row holds its digest, so
+# signing out (deleting the row) ends the session even for a copy of the cookie, and "sign out
+# everywhere" deletes every row of the account. `last_seen` is written at most once a minute.
+portal_session = Table(
+    "portal_session",
+    metadata,
+    # SHA-256 of the cookie's key, hex: a leaked table holds no usable session.
+    Column("key_digest", String(64), primary_key=True),
+    Column("account_id", ForeignKey("account.id", ondelete="CASCADE"), nullable=False, index=True),
+    # The SID signed in with: the account's, or an API key's.
+    Column("username", String(34), nullable=False),
+    _created(),
+    Column("last_seen", DateTime(), nullable=False),
+)
