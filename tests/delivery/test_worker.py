@@ -35,6 +35,7 @@ from clarion.delivery.wakeup import (
 )
 from clarion.delivery.worker import Worker, WorkerConfig
 from clarion.store import bindings, notifications, queue
+from clarion.store import deliveries as store_deliveries
 from clarion.store.bindings import Registration
 from clarion.store.clock import utcnow
 from clarion.store.database import Database
@@ -43,7 +44,6 @@ from clarion.store.tables import (
     binding,
     credential,
     delivery,
-    delivery_event,
     notification,
     service,
 )
@@ -226,13 +226,13 @@ async def deliveries_of(database: Database, notification_id: int) -> dict[str, d
 
 
 async def events_of(database: Database, delivery_id: int) -> list[tuple[str, Any]]:
+    """The delivery's history as the API and the portal show it."""
+
     def op(conn: Connection) -> list[tuple[str, Any]]:
-        rows = conn.execute(
-            select(delivery_event.c.kind, delivery_event.c.detail)
-            .where(delivery_event.c.delivery_id == delivery_id)
-            .order_by(delivery_event.c.id)
-        )
-        return [(kind, detail) for kind, detail in rows]
+        return [
+            (event["kind"], event["detail"])
+            for event in store_deliveries.events(conn, delivery_id=delivery_id)
+        ]
 
     return await database.read(op)
 

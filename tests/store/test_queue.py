@@ -24,7 +24,6 @@ from clarion.store.queue import Completion
 from clarion.store.tables import (
     binding,
     delivery,
-    delivery_event,
     job,
     notification,
     service,
@@ -158,14 +157,10 @@ async def delivery_rows(database: Database, ids: Sequence[int]) -> dict[int, dic
 
 
 async def events_of(database: Database, delivery_id: int) -> list[str]:
+    """The delivery's history as the API and the portal show it."""
+
     def op(conn: Connection) -> list[str]:
-        return list(
-            conn.scalars(
-                select(delivery_event.c.kind)
-                .where(delivery_event.c.delivery_id == delivery_id)
-                .order_by(delivery_event.c.id)
-            )
-        )
+        return [event["kind"] for event in deliveries.events(conn, delivery_id=delivery_id)]
 
     return await database.read(op)
 

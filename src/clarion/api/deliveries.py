@@ -51,6 +51,8 @@ def render(
         "date_confirmed": timestamp(row["date_confirmed"]),
         "date_created": timestamp(row["date_created"]),
         "date_updated": timestamp(row["date_updated"]),
+        # When the provider took the message (its last attempt), null until then.
+        "date_sent": timestamp(row["date_sent"]),
         "url": ctx.url(
             f"/Services/{service_sid}/Notifications/{notification_sid}/Deliveries/{sid}"
         ),

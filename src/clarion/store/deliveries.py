@@ -69,6 +69,7 @@ _DELIVERY = select(
     delivery.c.failover_reason,
     delivery.c.date_created,
     delivery.c.date_updated,
+    delivery.c.date_sent,
     # "opened" sorts after "delivered": the furthest state reported is the greatest.
     _of_receipts(func.max(_RECEIPT_STATE)).label("receipt_state"),
     _of_receipts(func.min(delivery_event.c.at)).label("date_confirmed"),
@@ -353,16 +354,35 @@ def record_receipt(
     return Receipt(delivery_id=delivery_id, state=state, date_created=now, first=not earlier)
 
 
-def events(conn: Connection, *, delivery_id: int) -> list[RowMapping]:
+def events(conn: Connection, *, delivery_id: int) -> list[dict[str, Any]]:
     """The delivery's history, oldest first: attempts, the providers' answers, reports and
-    receipts (the caller has checked the delivery is the account's, e.g. with `get`)."""
-    return list(
-        conn.execute(
+    receipts (the caller has checked the delivery is the account's, e.g. with `get`).
+
+    The send itself is not an event row but the delivery's `date_sent` (clarion.store.queue):
+    it is shown as a `sent` event in its place in time.
+    """
+    history = [
+        dict(row)
+        for row in conn.execute(
             select(delivery_event.c.at, delivery_event.c.kind, delivery_event.c.detail)
             .where(delivery_event.c.delivery_id == delivery_id)
             .order_by(delivery_event.c.id)
         ).mappings()
-    )
+    ]
+    sent = conn.execute(
+        select(
+            delivery.c.date_sent, delivery.c.attempts, delivery.c.provider_ref, delivery.c.ambiguous
+        ).where(delivery.c.id == delivery_id, delivery.c.date_sent.is_not(None))
+    ).first()
+    if sent is not None:
+        detail: dict[str, Any] = {"attempt": sent.attempts}
+        if sent.ambiguous:
+            detail["ambiguous"] = True
+        if sent.provider_ref is not None:
+            detail["provider_ref"] = sent.provider_ref
+        place = sum(1 for event in history if event["at"] <= sent.date_sent)
+        history.insert(place, {"at": sent.date_sent, "kind": "sent", "detail": detail})
+    return history
 
 
 def failover_chain(conn: Connection, *, notification_id: int, identity: str) -> list[RowMapping]:

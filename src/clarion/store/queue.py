@@ -280,7 +280,7 @@ _APPLY_ROWS = """
     UPDATE delivery
        SET status = ?, attempts = attempts - ?, next_attempt_at = ?, slot_reserved = ?,
            provider_ref = ?, error_code = ?, error_message = ?, date_updated = ?,
-           lease_owner = NULL, lease_expires_at = NULL
+           date_sent = coalesce(?, date_sent), lease_owner = NULL, lease_expires_at = NULL
      WHERE id = ?
 """
 _RECORD_ROWS = "INSERT INTO delivery_event (delivery_id, at, kind, detail) VALUES (?, ?, ?, ?)"
@@ -299,7 +299,8 @@ _APPLY_ARRAYS = text(
            error_message = r.error_message,
            lease_owner = NULL,
            lease_expires_at = NULL,
-           date_updated = :now
+           date_updated = :now,
+           date_sent = CASE WHEN r.status = 'sent' THEN :now ELSE d.date_sent END
       FROM unnest(:ids, :statuses, :refunds, :nexts, :slots, :refs, :codes, :messages)
            AS r (id, status, refund, next_attempt_at, slot_reserved, provider_ref, error_code,
                  error_message)
@@ -392,12 +393,15 @@ def complete_deliveries(
                         c.error_code,
                         c.error_message,
                         at,
+                        at if c.status == "sent" else None,
                         c.delivery_id,
                     )
                     for c in applied
                 ],
             )
-    _record(conn, now, [(c.delivery_id, c.event, _detail(c)) for c in applied])
+    # A send's own history is the row's: `date_sent`, `attempts`, `provider_ref`, `ambiguous`
+    # (deliveries.history shows it as a `sent` event); everything else is an event.
+    _record(conn, now, [(c.delivery_id, c.event, _detail(c)) for c in applied if c.event != "sent"])
     deliveries.deliver_receipted_early(
         conn, sent_ids=[c.delivery_id for c in applied if c.status == "sent"]
     )
