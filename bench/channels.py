@@ -13,6 +13,10 @@ was `sent` exactly once.
   decrypt).
 - `email`: addresses at one domain, sent through the sandbox's SMTP relay (aiosmtpd with
   STARTTLS) over the channel's pooled connections; the relay parses and keeps each message.
+- `smpp`: SMS bindings (+1555… numbers) of a service whose `smpp` credential is aimed at the
+  sandbox's SMSC emulator (smpp34's server behind its authenticating relay): one transceiver
+  bind, a window of 32 submit_sm. Timed to `completed` (every submit_sm answered) as the
+  others; then, separately, until every delivery receipt has made its delivery `delivered`.
 
 The emulators run inside the server process, so their CPU is counted as Clarion's. Everything
 runs on 127.0.0.1 in a temporary directory removed at the end; results are printed and written
@@ -52,7 +56,9 @@ from delivery import (
     wait_until_completed,
 )
 
-CHANNELS = ("webpush", "email")
+CHANNELS = ("webpush", "email", "smpp")
+# The binding type each measured channel registers.
+BINDING_TYPES = {"webpush": "webpush", "email": "email", "smpp": "sms"}
 
 
 def subscription(number: int) -> str:
@@ -75,6 +81,8 @@ def address_of(channel: str, number: int) -> str:
     """Never one of the sandbox's scripted `dead`/`bad`/`busy`/`slow` addresses."""
     if channel == "webpush":
         return subscription(number)
+    if channel == "smpp":
+        return f"+1555{number:07d}"  # never one of the SMSC emulator's +1500555000x
     return f"user-{number:07d}@bench.example.com"
 
 
@@ -82,7 +90,7 @@ def fields_for(channel: str) -> Callable[[int], list[tuple[str, str]]]:
     def fields(number: int) -> list[tuple[str, str]]:
         return [
             ("Identity", f"user-{number:07d}"),
-            ("BindingType", channel),
+            ("BindingType", BINDING_TYPES[channel]),
             ("Address", address_of(channel, number)),
             ("Tag", f"bench-{channel}"),
         ]
@@ -94,7 +102,10 @@ async def measure(
     api: Api, args: argparse.Namespace, roles: list[Role], channel: str
 ) -> dict[str, Any]:
     """Bindings for `channel`, then one notification to them, timed and checked."""
-    service = (await api.expect(201, "POST", "/v1/Services", [("FriendlyName", channel)]))["sid"]
+    service_fields = [("FriendlyName", channel)]
+    if channel == "smpp":
+        service_fields.append(("SmsCredentialSid", await smpp_credential(api, role=roles[0])))
+    service = (await api.expect(201, "POST", "/v1/Services", service_fields))["sid"]
     print(f"{channel}: creating {args.count:,} bindings", flush=True)
     created_in = await create_bindings(
         api, service, args.count, args.concurrency, fields=fields_for(channel)
@@ -123,8 +134,10 @@ async def measure(
         "resolution_s": round(completion.resolution, 3),
         "deliveries_per_second": round(args.count / completion.seconds, 1),
         "deliveries": counts,
-        "lost": args.count - counts.get("sent", 0),
+        "lost": args.count - counts.get("sent", 0) - counts.get("delivered", 0),
     }
+    if channel == "smpp":
+        result["receipts"] = await wait_for_receipts(api, path, args.count, posted, args.timeout)
     result["cpu"] = cpu_split(before, after, args.count)
     result["verify"] = await verify_deliveries(api, path)
     clarion_cpu = result["cpu"]["parties"]["clarion (total)"]
@@ -136,6 +149,38 @@ async def measure(
         flush=True,
     )
     return result
+
+
+async def smpp_credential(api: Api, *, role: Role) -> str:
+    """An smpp credential aimed at the SMSC emulator the sandbox announced."""
+    where = await asyncio.to_thread(role.server.wait_for_line, "SMSC emulator (SMPP 3.4):")
+    host, _, port = where.rpartition(":")
+    fields = [
+        ("Type", "smpp"),
+        ("Host", host),
+        ("Port", port),
+        ("SystemId", "clarion"),
+        ("Password", "sandbox"),
+        ("SourceAddr", "+15005550006"),
+    ]
+    return str((await api.expect(201, "POST", "/v1/Credentials", fields))["sid"])
+
+
+async def wait_for_receipts(
+    api: Api, path: str, count: int, posted: float, give_up: float
+) -> dict[str, Any]:
+    """Poll the notification until every delivery is `delivered` (receipts applied)."""
+    while True:
+        body = await api.expect(200, "GET", path)
+        counts = body["deliveries"]
+        seconds = time.perf_counter() - posted
+        if counts.get("delivered", 0) >= count or seconds > give_up:
+            return {
+                "seconds_after_post": round(seconds, 3),
+                "delivered_per_second": round(counts.get("delivered", 0) / seconds, 1),
+                "deliveries": counts,
+            }
+        await asyncio.sleep(0.2)
 
 
 async def run(args: argparse.Namespace, role: Role) -> dict[str, Any]:
@@ -151,7 +196,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--channels",
         type=lambda text: text.split(","),
         default=list(CHANNELS),
-        help="webpush,email",
+        help="webpush,email,smpp",
     )
     parser.add_argument("--concurrency", type=int, default=50, help="binding POSTs in flight")
     parser.add_argument("--clarion-cpus", default="0", help="taskset CPUs for Clarion (0)")

@@ -31,6 +31,7 @@ from clarion.config import ConfigError, Settings
 from clarion.delivery import channels, wakeup
 from clarion.delivery.channel_pool import ChannelFactory, Fallback
 from clarion.delivery.channels import Endpoints
+from clarion.delivery.provider_reports import ProviderReports
 from clarion.delivery.worker import Worker, WorkerConfig
 from clarion.sandbox import Sandbox
 from clarion.store import accounts, migrate
@@ -148,7 +149,10 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> None:
     database = Database(settings.database_url)
     await migrate.upgrade(database)
     account = await _ready_account(database, vault)
-    endpoints = Endpoints(public_url=settings.public_url or f"http://{host}:{port}")
+    reports = ProviderReports(database)
+    endpoints = Endpoints(
+        public_url=settings.public_url or f"http://{host}:{port}", reports=reports.submit
+    )
     sandbox = Sandbox(endpoints=endpoints) if args.sandbox else None
     # Without workers here the API still NOTIFYs the worker processes (PostgreSQL).
     work_signal = wakeup.signal_for(database, listen=not args.no_workers)
@@ -163,6 +167,8 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> None:
     if sandbox is not None:
         _run_alongside(app, sandbox)
     if not args.no_workers:
+        # Started before the workers and stopped after them, so no receipt is left unwritten.
+        _run_alongside(app, reports)
         _run_alongside(
             app,
             _delivery(
@@ -185,7 +191,7 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> None:
             server_header=False,
         )
     )
-    announcement = asyncio.create_task(_announce(server, host, port, account))
+    announcement = asyncio.create_task(_announce(server, host, port, account, sandbox))
     _settle_heap()
     try:
         await server.serve()
@@ -206,10 +212,12 @@ def _settle_heap() -> None:
 
 async def _worker(settings: Settings, _args: argparse.Namespace) -> None:
     vault = Vault(settings.secret_key)
-    endpoints = Endpoints(
-        public_url=settings.public_url or f"http://{settings.host}:{settings.port}"
-    )
     database = Database(settings.database_url)
+    reports = ProviderReports(database)
+    endpoints = Endpoints(
+        public_url=settings.public_url or f"http://{settings.host}:{settings.port}",
+        reports=reports.submit,
+    )
     try:
         await migrate.upgrade(database)
         work_signal = wakeup.signal_for(database, listen=True)
@@ -219,6 +227,7 @@ async def _worker(settings: Settings, _args: argparse.Namespace) -> None:
             loop.add_signal_handler(number, stop.set)
         async with (
             _started(work_signal),
+            _started(reports),
             _started(
                 _delivery(
                     database,
@@ -313,13 +322,19 @@ async def _ready_account(database: Database, vault: Vault) -> accounts.Issued | 
 
 
 async def _announce(
-    server: uvicorn.Server, host: str, port: int, account: accounts.Issued | None
+    server: uvicorn.Server,
+    host: str,
+    port: int,
+    account: accounts.Issued | None,
+    sandbox: Sandbox | None = None,
 ) -> None:
     while not server.started:  # noqa: ASYNC110 - uvicorn exposes no start-up event
         await asyncio.sleep(0.02)
     lines = [f"Clarion is serving the Notify API at http://{host}:{port}/v1"]
     if account is not None:
         lines += [f"  Account SID: {account.sid}", f"  Auth token:  {account.secret}"]
+    if sandbox is not None:
+        lines += sandbox.announcement()
     print("\n".join(lines), flush=True)
 
 

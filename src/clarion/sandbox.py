@@ -9,10 +9,15 @@ after 5 s; Twilio's magic test numbers fail as Twilio's do; Messenger ids starti
 unavailable (551); web-push endpoints whose last segment starts `dead` are gone (410), `bad`
 unknown (404); e-mail local parts starting `dead` have no mailbox (550), `bad` are refused (553),
 `busy` are deferred (451).
+
+SMS go through the Twilio emulator by default. An SMSC emulator (SMPP 3.4) runs alongside, for
+trying the `smpp` credential type: create one with the host, port, SystemId and Password the
+server announces (`announcement()`), and its SMS get SMPP delivery receipts instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 
 from cryptography.hazmat.primitives import serialization
@@ -30,6 +35,7 @@ from clarion.delivery.channels import Endpoints
 from clarion.emulators.apns import ApnsEmulator
 from clarion.emulators.fcm import FcmEmulator
 from clarion.emulators.messenger import MessengerEmulator
+from clarion.emulators.smsc import SmscEmulator
 from clarion.emulators.smtp import SmtpEmulator
 from clarion.emulators.twilio import TwilioEmulator
 from clarion.emulators.webpush import WebPushEmulator
@@ -44,6 +50,11 @@ SANDBOX_SENDER = "+15005550006"  # Twilio's magic "valid From" number
 SANDBOX_PAGE = "1000000000"
 # The VAPID contact and the e-mail sender of the sandbox's own web-push and e-mail channels.
 SANDBOX_CONTACT = "sandbox@clarion.invalid"
+# The SMSC emulator's account: fixed, so an smpp credential made once keeps working. It only
+# listens on 127.0.0.1, and on SMPP's usual port when that is free (another one otherwise).
+SANDBOX_SMPP_SYSTEM_ID = "clarion"
+SANDBOX_SMPP_PASSWORD = "sandbox"  # noqa: S105 - the emulator's, printed and documented
+SANDBOX_SMPP_PORT = 2775
 
 
 class Sandbox:
@@ -68,6 +79,11 @@ class Sandbox:
         # Any subscription is pushed to the emulator, which decrypts those it issued.
         self.webpush = WebPushEmulator(slow_delay=slow_delay, accept_unknown=True)
         self.smtp = SmtpEmulator(security="starttls", slow_delay=slow_delay)
+        self.smsc = SmscEmulator(
+            port=SANDBOX_SMPP_PORT,
+            accounts={SANDBOX_SMPP_SYSTEM_ID: SANDBOX_SMPP_PASSWORD},
+            receipt_delay=0.5,
+        )
         vapid: dict[str, str] = {}
         credential_types.TYPES["webpush"].complete(vapid)  # a fresh key pair
         self._vapid_private_key = vapid["VapidPrivateKey"]
@@ -79,6 +95,14 @@ class Sandbox:
         """Start the emulators and the channels that reach them."""
         for emulator in self._emulators:
             await emulator.start()
+        try:
+            await self.smsc.start()
+        except OSError:  # SMPP's port is taken: any free one will do, it is announced
+            await self.smsc.close()
+            self.smsc = SmscEmulator(
+                accounts={SANDBOX_SMPP_SYSTEM_ID: SANDBOX_SMPP_PASSWORD}, receipt_delay=0.5
+            )
+            await self.smsc.start()
         fcm = FcmChannel(service_account=self.fcm.new_service_account(), base_url=self.fcm.url)
         self._channels = {
             "apn": self._apns_channel(),
@@ -111,6 +135,25 @@ class Sandbox:
                 local_hostname="clarion.invalid",
             ),
         }
+
+    @property
+    def smpp_credential(self) -> dict[str, str]:
+        """The parameters of an `smpp` credential that sends through the SMSC emulator."""
+        return {
+            "Host": self.smsc.host,
+            "Port": str(self.smsc.port),
+            "SystemId": SANDBOX_SMPP_SYSTEM_ID,
+            "Password": SANDBOX_SMPP_PASSWORD,
+            "SourceAddr": SANDBOX_SENDER,
+        }
+
+    def announcement(self) -> list[str]:
+        """Lines `clarion serve --sandbox` prints: what a user needs to try SMPP."""
+        smpp = self.smpp_credential
+        return [
+            f"  SMSC emulator (SMPP 3.4): {smpp['Host']}:{smpp['Port']}",
+            f"    SystemId {smpp['SystemId']}, Password {smpp['Password']} (Type=smpp credential)",
+        ]
 
     @property
     def webhook_secrets(self) -> dict[str, str]:
@@ -168,3 +211,5 @@ class Sandbox:
             await channel.close()
         for emulator in self._emulators:
             await emulator.close()
+        with contextlib.suppress(Exception):
+            await self.smsc.close()

@@ -12,16 +12,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from clarion import errors
-from clarion.channels import fcm, messenger, twilio_sms
+from clarion.channels import fcm, messenger, smpp, twilio_sms
 from clarion.channels.apns import ApnsChannel
 from clarion.channels.base import Channel
 from clarion.channels.email import EmailChannel
 from clarion.channels.fcm import FcmChannel
 from clarion.channels.messenger import MessengerChannel
+from clarion.channels.smpp import DeliveryReceipt, SmppChannel
 from clarion.channels.twilio_sms import TwilioSmsChannel
 from clarion.channels.webpush import WebPushChannel
 from clarion.credential_types import PROVIDER_URL
 from clarion.delivery.channel_pool import ChannelFactory, ChannelUnavailableError, Credential
+from clarion.delivery.provider_reports import ProviderReport
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,6 +32,9 @@ class Endpoints:
 
     # e.g. https://notify.example.com; SMS status callbacks go to {public_url}/v1/Callbacks/…
     public_url: str
+    # Where providers that report over the channel's own connection (SMPP receipts) are
+    # heard: clarion.delivery.provider_reports.ProviderReports.submit; None ignores them.
+    reports: Callable[[ProviderReport], None] | None = None
 
     def sms_status_callback(self, credential_sid: str) -> str:
         return f"{self.public_url}/v1/Callbacks/Sms/{credential_sid}"
@@ -100,6 +105,33 @@ def _messenger(credential: Credential, _endpoints: Endpoints) -> Channel:
     )
 
 
+def _smpp(credential: Credential, endpoints: Endpoints) -> Channel:
+    settings, sink = credential.settings, endpoints.reports
+
+    def on_receipt(receipt: DeliveryReceipt) -> None:
+        if sink is not None:
+            sink(
+                ProviderReport(
+                    credential_sid=credential.sid,
+                    channel="sms",
+                    provider_ref=receipt.message_id,
+                    status=receipt.status,
+                    error_code=receipt.error_code,
+                    error_message=receipt.error_message,
+                )
+            )
+
+    return SmppChannel(
+        host=settings["Host"],
+        port=int(settings.get("Port") or smpp.DEFAULT_PORT),
+        system_id=settings["SystemId"],
+        password=credential.secret["Password"],
+        system_type=settings.get("SystemType") or "",
+        source_addr=settings["SourceAddr"],
+        on_receipt=on_receipt,
+    )
+
+
 def _webpush(credential: Credential, _endpoints: Endpoints) -> Channel:
     return WebPushChannel(
         vapid_private_key=credential.secret["VapidPrivateKey"],
@@ -128,6 +160,7 @@ _BUILDERS: dict[str, Callable[[Credential, Endpoints], Channel]] = {
     "apn": _apns,
     "fcm": _fcm,
     "twilio-sms": _twilio_sms,
+    "smpp": _smpp,
     "messenger": _messenger,
     "webpush": _webpush,
     "smtp": _smtp,
