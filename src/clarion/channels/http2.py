@@ -14,10 +14,10 @@ normalised nor validated (callers pass lower-case bytes; normalisation would als
 `authorization` never-indexed and Huffman-encode the same JWT on every request), while values
 that change on every request can be sent never-indexed (`unindexed`, `index_path=False`) so they
 don't evict the repeated headers from the 4 KiB HPACK table. Beyond that measurement, three
-per-request costs h2 has by default are cut (`_LeanH2Connection`): header values go out without
-Huffman coding (pure Python, a few bytes saved per request on a connection that carries
-thousands), inbound headers are not re-validated (the only ones read are parsed defensively
-anyway), and the open streams are not counted on every new stream.
+per-request costs h2 has by default are cut (`_LeanH2Connection`): headers are encoded by
+clarion.channels.hpack_encoder (no Huffman coding, each header's representation a lookup away),
+inbound headers are not re-validated (the only ones read are parsed defensively anyway), and
+the open streams are not counted on every new stream.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import ssl
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 from urllib.parse import urlsplit
 
 import h2.config
@@ -38,8 +38,10 @@ import h2.exceptions
 from h2.errors import ErrorCodes
 from h2.events import Event
 from h2.settings import SettingCodes
-from hpack import Encoder, NeverIndexedHeaderTuple
+from hpack import NeverIndexedHeaderTuple
 from hyperframe.frame import Frame, GoAwayFrame
+
+from clarion.channels.hpack_encoder import HeaderEncoder
 
 Header = tuple[bytes, bytes]
 
@@ -267,13 +269,6 @@ class _Stream:
             self.response.set_exception(error)
 
 
-class _PlainEncoder(Encoder):
-    """HPACK without Huffman coding: literal values go out as they are."""
-
-    def encode(self, headers: Any, huffman: bool = True) -> bytes:
-        return super().encode(headers, huffman=False)
-
-
 class _LeanH2Connection(h2.connection.H2Connection):
     """h2 that lets the server finish the streams it kept after sending GOAWAY, without the
     per-request costs the module docstring lists.
@@ -291,7 +286,7 @@ class _LeanH2Connection(h2.connection.H2Connection):
 
     def __init__(self) -> None:
         super().__init__(config=_CONFIG)
-        self.encoder = _PlainEncoder()
+        self.encoder = HeaderEncoder()  # type: ignore[assignment]  # hpack's Encoder API
         self._streams_opened = 0
 
     @property
