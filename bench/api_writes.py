@@ -68,6 +68,9 @@ def server_env(data_dir: Path, database_url: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLARION_")}
     env["CLARION_DATA_DIR"] = str(data_dir)
     env["CLARION_HOST"] = "127.0.0.1"
+    # The benchmarks' providers (the nginx sink, the latency run's APNs emulator) listen on
+    # 127.0.0.1, which Clarion refuses as a tenant's destination by default (clarion.destinations).
+    env["CLARION_ALLOW_PRIVATE_DESTINATIONS"] = "true"
     if database_url is not None:
         env["CLARION_DATABASE_URL"] = database_url
     return env

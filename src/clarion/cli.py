@@ -33,6 +33,7 @@ from clarion.delivery.channel_pool import ChannelFactory, Fallback
 from clarion.delivery.channels import Endpoints
 from clarion.delivery.provider_reports import ProviderReports
 from clarion.delivery.worker import Worker, WorkerConfig
+from clarion.destinations import DestinationPolicy
 from clarion.sandbox import Sandbox
 from clarion.store import accounts, migrate
 from clarion.store.database import Database
@@ -150,8 +151,15 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> None:
     await migrate.upgrade(database)
     account = await _ready_account(database, vault)
     reports = ProviderReports(database)
+    # Tenants' destinations may be private only if the operator says so, or in the sandbox.
+    destinations = DestinationPolicy(
+        allow_private=settings.destinations_allowed(sandbox=args.sandbox),
+        allowed_networks=settings.allowed_private_networks,
+    )
     endpoints = Endpoints(
-        public_url=settings.public_url or f"http://{host}:{port}", reports=reports.submit
+        public_url=settings.public_url or f"http://{host}:{port}",
+        reports=reports.submit,
+        destinations=destinations,
     )
     sandbox = Sandbox(endpoints=endpoints) if args.sandbox else None
     # Without workers here the API still NOTIFYs the worker processes (PostgreSQL).
@@ -162,6 +170,7 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> None:
         on_enqueued=work_signal.notify,
         webhook_tokens={} if sandbox is None else sandbox.webhook_secrets,
         sandbox=sandbox is not None,
+        destinations=destinations,
     )
     _run_alongside(app, work_signal)
     if sandbox is not None:
@@ -178,6 +187,7 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> None:
                 factory=channels.factory(endpoints),
                 fallback=None if sandbox is None else sandbox.fallback,
                 lease=settings.lease_seconds,
+                destinations=destinations,
             ),
         )
     server = uvicorn.Server(
@@ -214,9 +224,14 @@ async def _worker(settings: Settings, _args: argparse.Namespace) -> None:
     vault = Vault(settings.secret_key)
     database = Database(settings.database_url)
     reports = ProviderReports(database)
+    destinations = DestinationPolicy(
+        allow_private=settings.destinations_allowed(sandbox=False),
+        allowed_networks=settings.allowed_private_networks,
+    )
     endpoints = Endpoints(
         public_url=settings.public_url or f"http://{settings.host}:{settings.port}",
         reports=reports.submit,
+        destinations=destinations,
     )
     try:
         await migrate.upgrade(database)
@@ -235,6 +250,7 @@ async def _worker(settings: Settings, _args: argparse.Namespace) -> None:
                     work_signal,
                     factory=channels.factory(endpoints),
                     lease=settings.lease_seconds,
+                    destinations=destinations,
                 )
             ),
         ):
@@ -273,6 +289,7 @@ def _delivery(
     factory: ChannelFactory,
     fallback: Fallback | None = None,
     lease: float,
+    destinations: DestinationPolicy,
 ) -> _Delivery:
     leader = wakeup.leader_for(database)
     worker = Worker(
@@ -282,7 +299,7 @@ def _delivery(
         vault=vault,
         signal=work_signal,
         leader=leader,
-        config=WorkerConfig(lease=timedelta(seconds=lease)),
+        config=WorkerConfig(lease=timedelta(seconds=lease), destinations=destinations),
     )
     return _Delivery(worker, leader)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -33,6 +34,18 @@ class Settings:
     # another takes it over. Far longer than any provider timeout, so a live send never
     # outlasts it; shorter only where crashes are provoked on purpose (tests).
     lease_seconds: float = 60.0
+    # Whether tenants' destinations (callback URLs, ProviderUrl, SMTP/SMPP hosts, web-push
+    # endpoints) may be private addresses (clarion.destinations); None when not set, which means
+    # no, but under `clarion serve --sandbox`, whose emulators listen on 127.0.0.1.
+    allow_private_destinations: bool | None = None
+    # Private networks tenants' destinations may be in all the same (an internal SMTP relay).
+    allowed_private_networks: tuple[IPv4Network | IPv6Network, ...] = ()
+
+    def destinations_allowed(self, *, sandbox: bool) -> bool:
+        """The setting if given, else on in the sandbox only."""
+        if self.allow_private_destinations is None:
+            return sandbox
+        return self.allow_private_destinations
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
@@ -66,6 +79,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             )
         public_url = public_url.rstrip("/")
     return Settings(
+        allow_private_destinations=_flag(env, "CLARION_ALLOW_PRIVATE_DESTINATIONS"),
+        allowed_private_networks=_networks(env, "CLARION_ALLOWED_PRIVATE_NETWORKS"),
         public_url=public_url,
         database_url=database_url,
         secret_key=_secret_key(env, data_dir),
@@ -74,6 +89,34 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         data_dir=data_dir,
         lease_seconds=lease_seconds,
     )
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool | None:
+    """A yes/no setting, strictly: a typo must not silently mean the default."""
+    text = env.get(name)
+    if text is None or text == "":
+        return None
+    value = text.strip().lower()
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    raise ConfigError(f"{name} must be one of 1, true, yes, 0, false, no (got {text!r})")
+
+
+def _networks(env: Mapping[str, str], name: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    """Comma-separated CIDR networks (`10.0.0.25/32, fd00:1::/64`); host bits must be zero."""
+    networks = []
+    for item in env.get(name, "").split(","):
+        if not item.strip():
+            continue
+        try:
+            networks.append(ip_network(item.strip()))
+        except ValueError as exc:
+            raise ConfigError(
+                f"{name} must be comma-separated networks such as 10.0.0.25/32,fd00:1::/64 ({exc})"
+            ) from exc
+    return tuple(networks)
 
 
 def _secret_key(env: Mapping[str, str], data_dir: Path) -> str:

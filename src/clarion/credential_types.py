@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, Pub
 
 from clarion import errors, sids
 from clarion.addresses import InvalidAddressError, phone_number
+from clarion.destinations import PERMISSIVE, DestinationPolicy
 
 Params = Mapping[str, str]
 
@@ -54,13 +55,18 @@ class Checked:
     secret: dict[str, str]
 
 
-def checked(kind: CredentialType, params: dict[str, str]) -> Checked:
-    """Complete and validate `params`, split into settings and secret."""
+def checked(
+    kind: CredentialType, params: dict[str, str], *, destinations: DestinationPolicy = PERMISSIVE
+) -> Checked:
+    """Complete and validate `params`, split into settings and secret. Where the channel would
+    connect (ProviderUrl, Host, an FCM service account's token_uri) must be a destination
+    `destinations` allows, as far as can be known without DNS."""
     params = {name: value for name, value in params.items() if value != ""}
     kind.complete(params)
     kind.check(params)
     if PROVIDER_URL in params:
         _check_provider_url(params[PROVIDER_URL])
+    _check_destinations(kind, params, destinations)
     if RATE_LIMIT in params:
         rate_limit(params[RATE_LIMIT])
     return Checked(
@@ -75,6 +81,22 @@ def _check_provider_url(url: str) -> None:
         raise errors.invalid_parameter(
             PROVIDER_URL, "expected the provider's base URL, such as https://api.example.com:8443"
         )
+
+
+def _check_destinations(
+    kind: CredentialType, params: dict[str, str], destinations: DestinationPolicy
+) -> None:
+    problems = {PROVIDER_URL: destinations.url_problem(params.get(PROVIDER_URL))}
+    if kind.name in ("smpp", "smtp"):
+        problems["Host"] = destinations.host_problem(params.get("Host"))
+    if kind.name == "fcm":
+        token_uri = json.loads(params["Secret"]).get("token_uri")
+        if isinstance(token_uri, str):
+            problem = destinations.url_problem(token_uri)
+            problems["Secret"] = None if problem is None else f"its token_uri: {problem}"
+    for name, problem in problems.items():
+        if problem is not None:
+            raise errors.invalid_parameter(name, problem)
 
 
 def rate_limit(value: str) -> float:

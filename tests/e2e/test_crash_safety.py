@@ -240,6 +240,8 @@ def process_env(
     env = {name: value for name, value in os.environ.items() if not name.startswith("CLARION_")}
     env["CLARION_DATA_DIR"] = str(data_dir)
     env["SSL_CERT_FILE"] = str(apns.ca_file)
+    # The APNs emulator listens on 127.0.0.1, a private destination `clarion serve` refuses.
+    env["CLARION_ALLOW_PRIVATE_DESTINATIONS"] = "true"
     if database_url is not None:
         env["CLARION_DATABASE_URL"] = database_url
     if lease is not None:

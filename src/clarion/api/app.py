@@ -28,6 +28,7 @@ from clarion.api import (
 from clarion.api.auth import Authenticator
 from clarion.api.context import Runtime, escape_segment
 from clarion.api.responses import error_response
+from clarion.destinations import PERMISSIVE, DestinationPolicy
 from clarion.portal import demo
 from clarion.portal.app import create_portal
 from clarion.store.database import Database
@@ -154,6 +155,7 @@ def create_app(
     on_enqueued: Callable[[], None] = lambda: None,
     webhook_tokens: Mapping[str, str] | None = None,
     sandbox: bool = False,
+    destinations: DestinationPolicy = PERMISSIVE,
 ) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -179,6 +181,7 @@ def create_app(
         on_enqueued=on_enqueued,
         webhook_tokens=webhook_tokens or {},
         sandbox=sandbox,
+        destinations=destinations,
     )
     # The web portal: its pages at /portal, its writes through this app's own API routes.
     app.mount("/portal", create_portal(runtime=app.state.runtime, api=app))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, time, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -16,6 +17,7 @@ from clarion.api.form import Form
 from clarion.api.paging import page_body, page_request
 from clarion.api.responses import json_response, no_content, timestamp
 from clarion.api.services import resolve_credential
+from clarion.destinations import DestinationPolicy
 from clarion.store import bindings, services, users
 from clarion.store.bindings import Registration
 
@@ -74,6 +76,15 @@ async def create_for_user(request: Request) -> Response:
     return await _create(ctx, identity=identity_value("Identity", ctx.path_text("Identity")))
 
 
+def check_endpoint(destinations: DestinationPolicy, binding_type: str, address: str) -> None:
+    """InvalidAddressError for a web-push subscription (normalised) whose endpoint `destinations`
+    refuses without DNS: Clarion's workers would be the ones connecting to it."""
+    if binding_type == "webpush":
+        problem = destinations.url_problem(json.loads(address)["endpoint"])
+        if problem is not None:
+            raise addresses.InvalidAddressError(f"endpoint: {problem}")
+
+
 async def _create(ctx: Context, *, identity: str | None) -> Response:
     service_sid = ctx.path_sid("ServiceSid", sids.SERVICE)
     form = await Form.from_body(ctx.request)
@@ -88,6 +99,7 @@ async def _create(ctx: Context, *, identity: str | None) -> Response:
             form.required("Address", max_length=8192),
             sandbox=runtime(ctx.request).sandbox,
         )
+        check_endpoint(runtime(ctx.request).destinations, binding_type, address)
     except addresses.InvalidAddressError as exc:
         raise errors.bad_request(
             f"Parameter 'Address' is invalid for binding type {binding_type}: {exc}",

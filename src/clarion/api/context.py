@@ -9,6 +9,7 @@ from starlette.requests import Request
 
 from clarion import errors, sids
 from clarion.api.auth import Authenticator
+from clarion.destinations import PERMISSIVE, DestinationPolicy
 from clarion.store.accounts import Principal
 from clarion.store.database import Database
 from clarion.vault import Vault
@@ -29,6 +30,9 @@ class Runtime:
     webhook_tokens: Mapping[str, str] = field(default_factory=dict)
     # `clarion serve --sandbox`: the emulators' magic addresses are accepted.
     sandbox: bool = False
+    # Which destinations tenants may give (callback URLs, ProviderUrl, hosts, web-push
+    # endpoints): what is private without DNS is refused with a 400 (clarion.destinations).
+    destinations: DestinationPolicy = PERMISSIVE
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,6 +72,15 @@ def escape_segment(text: str) -> str:
 
 def unescape_segment(text: str) -> str:
     return text.replace("%2F", "/").replace("%25", "%")
+
+
+def allowed_url(request: Request, name: str, url: str | None) -> str | None:
+    """`url`, unless its host is private as far as can be known without DNS and the process's
+    destination policy refuses private destinations: then the 400 saying so."""
+    problem = runtime(request).destinations.url_problem(url)
+    if problem is not None:
+        raise errors.invalid_parameter(name, problem)
+    return url
 
 
 def runtime(request: Request) -> Runtime:

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from clarion import errors, sids
-from clarion.api.context import Context, authenticated
+from clarion.api.context import Context, authenticated, runtime
 from clarion.api.form import Form
 from clarion.api.paging import page_body, page_request
 from clarion.api.responses import json_response, no_content, timestamp
@@ -62,7 +62,7 @@ async def create(request: Request) -> Response:
     kind = TYPES[type_name]
     friendly_name = form.string("FriendlyName", max_length=FRIENDLY_NAME_MAX)
     sandbox = form.boolean("Sandbox")
-    valid = checked(kind, _params(form, kind))
+    valid = checked(kind, _params(form, kind), destinations=runtime(request).destinations)
     sealed = ctx.vault.seal(json.dumps(valid.secret)) if valid.secret else None
 
     def op(conn: Connection) -> RowMapping:
@@ -118,7 +118,11 @@ async def update(request: Request) -> Response:
         if given:
             sealed = credentials.get_sealed_secret(conn, account_id=ctx.account_id, sid=sid)
             stored = json.loads(ctx.vault.open(sealed)) if sealed else {}
-            valid = checked(kind, {**row["settings"], **stored, **given})
+            valid = checked(
+                kind,
+                {**row["settings"], **stored, **given},
+                destinations=runtime(request).destinations,
+            )
             values["settings"] = valid.settings
             values["secret_sealed"] = (
                 ctx.vault.seal(json.dumps(valid.secret)) if valid.secret else None

@@ -17,10 +17,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from clarion import addresses, errors, failover_policy, sids
-from clarion.api.bindings import IDENTITY_MAX, TAG_MAX, identity_value
-from clarion.api.context import Context, authenticated, runtime
+from clarion.api.bindings import IDENTITY_MAX, TAG_MAX, check_endpoint, identity_value
+from clarion.api.context import Context, allowed_url, authenticated, runtime
 from clarion.api.form import Form, parse_json_object
 from clarion.api.responses import json_response, timestamp
+from clarion.destinations import DestinationPolicy
 from clarion.store import callbacks, deliveries, failover, notifications, services
 from clarion.store.notifications import DirectAddress, NewNotification
 
@@ -147,7 +148,7 @@ def _check_email(email: dict[str, Any]) -> None:
             raise errors.invalid_parameter(EMAIL, f"the header {name} must be one line of text")
 
 
-def _direct(form: Form, *, sandbox: bool) -> list[DirectAddress]:
+def _direct(form: Form, *, sandbox: bool, destinations: DestinationPolicy) -> list[DirectAddress]:
     values = form.strings("ToBinding", max_items=MAX_TO_BINDINGS, max_length=8192)
     direct = []
     for index, text in enumerate(values):
@@ -160,12 +161,9 @@ def _direct(form: Form, *, sandbox: bool) -> list[DirectAddress]:
                 f"({', '.join(addresses.BINDING_TYPES)}) and an address string",
             )
         try:
-            direct.append(
-                DirectAddress(
-                    channel=binding_type,
-                    address=addresses.normalize(binding_type, address, sandbox=sandbox),
-                )
-            )
+            normalized = addresses.normalize(binding_type, address, sandbox=sandbox)
+            check_endpoint(destinations, binding_type, normalized)
+            direct.append(DirectAddress(channel=binding_type, address=normalized))
         except addresses.InvalidAddressError as exc:
             # Twilio accepts the request and fails just this recipient.
             direct.append(
@@ -208,7 +206,8 @@ async def create(request: Request) -> Response:
     service_sid = ctx.path_sid("ServiceSid", sids.SERVICE)
     form = await Form.from_body(request)
     targets = _targets(form)
-    direct = _direct(form, sandbox=runtime(request).sandbox)
+    process = runtime(request)
+    direct = _direct(form, sandbox=process.sandbox, destinations=process.destinations)
     if direct and any(targets.values()):
         raise errors.bad_request(
             "Direct notifications and query notifications can not be requested together: "
@@ -228,7 +227,9 @@ async def create(request: Request) -> Response:
         content=_content(form),
         priority=priority,
         ttl=MAX_TTL if ttl is None else ttl,
-        delivery_callback_url=form.url("DeliveryCallbackUrl"),
+        delivery_callback_url=allowed_url(
+            request, "DeliveryCallbackUrl", form.url("DeliveryCallbackUrl")
+        ),
         direct=direct,
         failover=policy,
     )

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from clarion import errors, failover_policy, sids
-from clarion.api.context import Context, authenticated
+from clarion.api.context import Context, allowed_url, authenticated
 from clarion.api.form import Form
 from clarion.api.paging import page_body, page_request
 from clarion.api.responses import json_response, no_content, timestamp
@@ -84,7 +84,9 @@ def render(ctx: Context, row: RowMapping) -> dict[str, Any]:
     }
 
 
-def _settings(form: Form) -> tuple[dict[str, Any], dict[str, tuple[str | None, str]]]:
+def _settings(
+    form: Form, request: Request
+) -> tuple[dict[str, Any], dict[str, tuple[str | None, str]]]:
     """Column values given in the form, and the credential SIDs still to be resolved."""
     values: dict[str, Any] = {}
     for name, (column, max_length) in TEXT_PARAMETERS.items():
@@ -102,7 +104,9 @@ def _settings(form: Form) -> tuple[dict[str, Any], dict[str, tuple[str | None, s
     if form.has("MessagingServiceSid"):
         values["messaging_service_sid"] = form.sid("MessagingServiceSid", sids.MESSAGING_SERVICE)
     if form.has("DeliveryCallbackUrl"):
-        values["delivery_callback_url"] = form.url("DeliveryCallbackUrl")
+        values["delivery_callback_url"] = allowed_url(
+            request, "DeliveryCallbackUrl", form.url("DeliveryCallbackUrl")
+        )
     if form.has(failover_policy.PARAMETER):
         # "" (or "off") clears the default; a notification can still ask for a policy.
         text = form.string(failover_policy.PARAMETER, max_length=4096)
@@ -154,7 +158,7 @@ def _with_credentials(
 
 async def create(request: Request) -> Response:
     ctx = await authenticated(request)
-    values, references = _settings(await Form.from_body(request))
+    values, references = _settings(await Form.from_body(request), request)
 
     def op(conn: Connection) -> RowMapping:
         resolved = _with_credentials(conn, ctx, {**DEFAULTS, **values}, references)
@@ -193,7 +197,7 @@ async def fetch(request: Request) -> Response:
 async def update(request: Request) -> Response:
     ctx = await authenticated(request)
     sid = ctx.path_sid("Sid", sids.SERVICE)
-    values, references = _settings(await Form.from_body(request))
+    values, references = _settings(await Form.from_body(request), request)
 
     def op(conn: Connection) -> RowMapping:
         services.resolve(conn, account_id=ctx.account_id, sid=sid)

@@ -27,6 +27,7 @@ from cryptography.x509.oid import NameOID
 
 from clarion.channels.base import Message, Outcome, Result
 from clarion.channels.http2 import Header, Http2Client, Http2Error, Response, unindexed
+from clarion.destinations import PERMISSIVE, DestinationNotAllowedError, DestinationPolicy
 
 # providers.md §1.1
 PRODUCTION_URL = "https://api.push.apple.com"
@@ -105,7 +106,9 @@ class ApnsChannel:
     Token auth needs `key_id`, `team_id`, `bundle_id` and the key as `private_key` (PEM).
     Certificate auth needs `certificate` and its `private_key` (PEM); the topic is the
     certificate's UID unless `bundle_id` says otherwise. `base_url` and `ssl_context` aim the
-    channel elsewhere (an emulator, a proxy); `clock` exists so tests can age provider tokens.
+    channel elsewhere (an emulator, a proxy), where `destinations` allows (a private `base_url`
+    fails every send with DestinationNotAllowed); `clock` exists so tests can age provider
+    tokens.
     """
 
     def __init__(
@@ -123,6 +126,7 @@ class ApnsChannel:
         token_lifetime: float = 40 * 60.0,
         max_connections: int = 4,
         clock: Callable[[], float] = time.time,
+        destinations: DestinationPolicy = PERMISSIVE,
     ) -> None:
         context = ssl_context or ssl.create_default_context()
         self._provider_token: _ProviderToken | None = None
@@ -148,6 +152,7 @@ class ApnsChannel:
             base_url or (SANDBOX_URL if sandbox else PRODUCTION_URL),
             ssl_context=context,
             max_connections=max_connections,
+            destinations=destinations,
         )
 
     @property
@@ -212,6 +217,8 @@ class ApnsChannel:
                 )
         except TimeoutError:
             return _unanswered("Timeout", f"No answer from APNs within {self._timeout:g} s.")
+        except DestinationNotAllowedError as error:
+            return Result(outcome=Outcome.FAILED, error_code=error.code, error_message=str(error))
         except Http2Error as error:
             goaway_reason = _decode_error(error.debug_data).get("reason")
             code = str(goaway_reason) if goaway_reason else type(error).__name__

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from typing import Final, Literal
 import aiosmtplib
 
 from clarion.channels.base import Message, Outcome, Result
+from clarion.destinations import PERMISSIVE, DestinationNotAllowedError, DestinationPolicy
 
 Security = Literal["starttls", "tls", "none"]
 
@@ -91,9 +93,12 @@ class EmailChannel:
         connections: int = 10,
         timeout: float = 30.0,
         local_hostname: str | None = None,
+        destinations: DestinationPolicy = PERMISSIVE,
     ) -> None:
         """`sender` is the From address (and the envelope sender). `tls_context` is the trust
-        for the server's certificate (a test CA); the system's by default."""
+        for the server's certificate (a test CA); the system's by default. `destinations` says
+        whether `host` may be a private address (clarion.destinations)."""
+        self._destinations = destinations
         self._host = host
         self._port = port
         self._sender = sender
@@ -124,6 +129,8 @@ class EmailChannel:
                 )
             except MisconfiguredError as exc:
                 return Result(outcome=Outcome.FAILED, error_message=str(exc))
+            except DestinationNotAllowedError as exc:
+                return Result(outcome=Outcome.FAILED, error_code=exc.code, error_message=str(exc))
             except (aiosmtplib.SMTPException, OSError) as exc:
                 return Result(
                     outcome=Outcome.RETRY, error_message=f"SMTP server unreachable: {exc!r}"
@@ -210,22 +217,53 @@ class EmailChannel:
             if connection.reusable():
                 return connection
             await _quit(connection)
+        # Under a policy refusing private hosts, connect to the checked address ourselves;
+        # `hostname` stays the host's name, which TLS verifies the certificate for.
+        sock = None if self._destinations.allow_private else await self._checked_socket()
         smtp = aiosmtplib.SMTP(
             hostname=self._host,
-            port=self._port,
+            port=self._port if sock is None else None,
+            sock=sock,
             use_tls=self._security == "tls",
             start_tls=False,
             tls_context=self._tls_context,
             timeout=self._timeout,
             local_hostname=self._local_hostname,
         )
-        await smtp.connect()
+        try:
+            await smtp.connect()
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            raise
         try:
             await self._secure_and_log_in(smtp)
         except BaseException:
             smtp.close()
             raise
         return _Connection(smtp)
+
+    async def _checked_socket(self) -> socket.socket:
+        """A socket connected to one of the relay's addresses, all checked by the policy."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self._timeout):
+            addresses = await self._destinations.resolve(self._host, self._port)
+            for index, address in enumerate(addresses):
+                family = socket.AF_INET6 if ":" in address else socket.AF_INET
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                try:
+                    await loop.sock_connect(sock, (address, self._port))
+                except OSError:
+                    sock.close()
+                    if index == len(addresses) - 1:
+                        raise
+                except BaseException:
+                    sock.close()
+                    raise
+                else:
+                    return sock
+        raise OSError(f"{self._host} has no addresses")
 
     async def _secure_and_log_in(self, smtp: aiosmtplib.SMTP) -> None:
         """STARTTLS and AUTH step by step, so a server that lacks what the credential asks for

@@ -21,6 +21,7 @@ import msgspec
 from clarion.channels.base import Message, Outcome, Result
 from clarion.channels.google_oauth import GrantError, GrantRefusedError, ServiceAccountTokens
 from clarion.channels.http1 import PooledSession
+from clarion.destinations import PERMISSIVE, DestinationNotAllowedError, DestinationPolicy
 
 FCM_URL: Final = "https://fcm.googleapis.com"
 # providers.md §2.2: at most 4096 bytes of message content (the target is not counted).
@@ -145,6 +146,7 @@ class FcmChannel:
         session: aiohttp.ClientSession | None = None,
         connections: int = 64,
         timeout: float = 10.0,
+        destinations: DestinationPolicy = PERMISSIVE,
     ) -> None:
         self._tokens = ServiceAccountTokens(service_account)
         self._url = (
@@ -157,6 +159,7 @@ class FcmChannel:
             # is not the provider being slow.
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout),
             session=session,
+            destinations=destinations,
         )
 
     async def send(self, message: Message) -> Result:
@@ -175,6 +178,8 @@ class FcmChannel:
                 # An expired or revoked token: one fresh grant, then believe the answer.
                 self._tokens.invalidate(token)
                 reply = await self._post(session, body, await self._tokens.access_token(session))
+        except DestinationNotAllowedError as exc:
+            return Result(outcome=Outcome.FAILED, error_code=exc.code, error_message=str(exc))
         except GrantRefusedError as exc:
             return Result(
                 outcome=Outcome.FAILED,

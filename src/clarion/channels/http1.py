@@ -2,17 +2,29 @@
 
 One keep-alive aiohttp session per channel (DESIGN.md: ≈ 64 connections per host). The push
 providers that need HTTP/2 use clarion.channels.http2 instead.
+
+Under a policy that refuses private destinations (clarion.destinations), the session's
+connector checks every address it connects to: a resolver wrapper checks what a host name
+resolves to (so the error names the host), and a socket factory checks the address of every
+socket opened, which also covers literal IPs (aiohttp resolves those without the resolver) and
+redirects. Both raise DestinationNotAllowedError out of the request.
 """
 
 from __future__ import annotations
 
 import email.utils
 import math
+import socket
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+from aiohappyeyeballs import AddrInfoType, SocketFactoryType
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+
+from clarion.destinations import PERMISSIVE, DestinationPolicy
 
 
 class PooledSession:
@@ -31,7 +43,10 @@ class PooledSession:
         # The cap over all hosts, for a channel that talks to more than one; aiohttp's default.
         limit: int = 100,
         session: aiohttp.ClientSession | None = None,
+        # Applies to the session made here, not to a `session` given.
+        destinations: DestinationPolicy = PERMISSIVE,
     ) -> None:
+        self._destinations = destinations
         self._limit_per_host = limit_per_host
         self._limit = limit
         self._timeout = timeout
@@ -40,9 +55,13 @@ class PooledSession:
 
     def client(self) -> aiohttp.ClientSession:
         if self._session is None:
+            checked = not self._destinations.allow_private
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
-                    limit=self._limit, limit_per_host=self._limit_per_host
+                    limit=self._limit,
+                    limit_per_host=self._limit_per_host,
+                    resolver=CheckedResolver(self._destinations) if checked else None,
+                    socket_factory=checked_socket_factory(self._destinations) if checked else None,
                 ),
                 timeout=self._timeout,
             )
@@ -53,6 +72,35 @@ class PooledSession:
         if self._session is not None and self._owns_session:
             await self._session.close()
             self._session = None
+
+
+class CheckedResolver(AbstractResolver):
+    """aiohttp's default resolver, refusing a host any of whose addresses the policy refuses."""
+
+    def __init__(self, destinations: DestinationPolicy) -> None:
+        self._inner = DefaultResolver()
+        self._destinations = destinations
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        self._destinations.check(host, [result["host"] for result in results])
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def checked_socket_factory(destinations: DestinationPolicy) -> SocketFactoryType:
+    """A socket factory (aiohappyeyeballs) that refuses to open a socket to a refused address."""
+
+    def make(addr_info: AddrInfoType) -> socket.socket:
+        family, type_, proto, _, address = addr_info
+        destinations.check(str(address[0]), [str(address[0])])
+        return socket.socket(family=family, type=type_, proto=proto)
+
+    return make
 
 
 async def json_object(response: aiohttp.ClientResponse) -> Mapping[str, Any]:

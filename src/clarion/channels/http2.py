@@ -42,6 +42,7 @@ from hpack import NeverIndexedHeaderTuple
 from hyperframe.frame import Frame, GoAwayFrame
 
 from clarion.channels.hpack_codec import HeaderDecoder, HeaderEncoder
+from clarion.destinations import PERMISSIVE, DestinationPolicy
 
 Header = tuple[bytes, bytes]
 
@@ -116,6 +117,7 @@ class Http2Client:
         max_connections: int = 4,
         max_streams_per_connection: int = 100,
         connect_timeout: float = 10.0,
+        destinations: DestinationPolicy = PERMISSIVE,
     ) -> None:
         url = urlsplit(origin)
         if url.scheme != "https" or not url.hostname:
@@ -129,6 +131,7 @@ class Http2Client:
         self._max_connections = max_connections
         self._max_streams = max_streams_per_connection
         self._connect_timeout = connect_timeout
+        self._destinations = destinations
         self._connections: list[_Connection] = []  # open and accepting new streams
         self._retired: set[_Connection] = set()  # finishing their streams after a GOAWAY
         self._connecting: asyncio.Task[_Connection] | None = None
@@ -197,9 +200,12 @@ class Http2Client:
         )
         try:
             async with asyncio.timeout(self._connect_timeout):
-                await loop.create_connection(
-                    lambda: connection, self._host, self._port, ssl=self._ssl
-                )
+                if self._destinations.allow_private:
+                    await loop.create_connection(
+                        lambda: connection, self._host, self._port, ssl=self._ssl
+                    )
+                else:
+                    await self._connect_checked(connection)
                 await connection.ready
         except (OSError, TimeoutError) as error:
             if not connection.ready.done():
@@ -213,6 +219,26 @@ class Http2Client:
             raise ConnectionLostError("the client is closed")
         self._connections.append(connection)
         return connection
+
+    async def _connect_checked(self, connection: _Connection) -> None:
+        """Connect to the host's addresses the destination policy checked (raising
+        DestinationNotAllowedError if it refuses one), never to a second lookup's answer;
+        TLS still verifies the certificate for, and sends SNI of, the host name."""
+        loop = asyncio.get_running_loop()
+        addresses = await self._destinations.resolve(self._host, self._port)
+        for index, address in enumerate(addresses):
+            try:
+                await loop.create_connection(
+                    lambda: connection,
+                    address,
+                    self._port,
+                    ssl=self._ssl,
+                    server_hostname=self._host,
+                )
+                return
+            except OSError:
+                if index == len(addresses) - 1:
+                    raise
 
     async def _wait_for_free_stream(self) -> None:
         waiter = asyncio.get_running_loop().create_future()

@@ -18,6 +18,7 @@ import aiohttp
 
 from clarion.channels.base import Message, Outcome, Result
 from clarion.channels.http1 import PooledSession, json_object
+from clarion.destinations import PERMISSIVE, DestinationNotAllowedError, DestinationPolicy
 
 # Graph error codes of providers.md §5.2 (developers.facebook.com/docs/messenger-platform/
 # error-codes). The person can never be reached from this page: retire the binding.
@@ -53,11 +54,14 @@ class MessengerChannel:
         api_version: str = "v21.0",
         timeout: float = 30.0,
         max_connections: int = 64,
+        destinations: DestinationPolicy = PERMISSIVE,
     ) -> None:
         self._url = f"{base_url.rstrip('/')}/{api_version}/{page_id}/messages"
         self._query = {"access_token": page_access_token}
         self._http = PooledSession(
-            limit_per_host=max_connections, timeout=aiohttp.ClientTimeout(total=timeout)
+            limit_per_host=max_connections,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            destinations=destinations,
         )
 
     async def send(self, message: Message) -> Result:
@@ -66,6 +70,8 @@ class MessengerChannel:
                 self._url, params=self._query, json=_request(message)
             ) as response:
                 return _classify(response.status, await json_object(response))
+        except DestinationNotAllowedError as exc:
+            return Result(outcome=Outcome.FAILED, error_code=exc.code, error_message=str(exc))
         except (aiohttp.ClientError, TimeoutError) as exc:
             return Result(outcome=Outcome.RETRY, error_message=f"Graph API unreachable: {exc!r}")
 

@@ -45,6 +45,7 @@ from typing import Protocol
 import smpp34
 
 from clarion.channels.base import Message, Outcome, Result
+from clarion.destinations import PERMISSIVE, DestinationNotAllowedError, DestinationPolicy
 
 log = logging.getLogger(__name__)
 
@@ -419,8 +420,10 @@ class SmppChannel:
         on_receipt: Callable[[DeliveryReceipt], None] | None = None,
         connect_timeout: float = CONNECT_TIMEOUT,
         bind_failure_hold: float = BIND_FAILURE_HOLD,
+        destinations: DestinationPolicy = PERMISSIVE,
     ) -> None:
         self._host, self._port = host, port
+        self._destinations = destinations
         self._system_id, self._password, self._system_type = system_id, password, system_type
         self._source = _address(source_addr)
         self._window = _Window(window)
@@ -437,7 +440,9 @@ class SmppChannel:
         self._backoff = FIRST_BACKOFF
         self._next_attempt_at = 0.0
         self._last_error = "not connected yet"
-        self._refused: BindRefusedError | None = None
+        # A refused bind, or a host the destination policy refuses: held for
+        # `bind_failure_hold`, sends fail at once meanwhile.
+        self._refused: BindRefusedError | DestinationNotAllowedError | None = None
         self._refused_until = 0.0
         self._paused_until = 0.0
         self._reference = random.randrange(256)
@@ -606,7 +611,11 @@ class SmppChannel:
             error_message=f"no SMPP bind to {self._where} ({self._last_error}); reconnecting",
         )
 
-    def _refused_result(self, refused: BindRefusedError) -> Result:
+    def _refused_result(self, refused: BindRefusedError | DestinationNotAllowedError) -> Result:
+        if isinstance(refused, DestinationNotAllowedError):
+            return Result(
+                outcome=Outcome.FAILED, error_code=refused.code, error_message=str(refused)
+            )
         return Result(
             outcome=Outcome.FAILED,
             error_code=status_code(refused.status),
@@ -628,7 +637,7 @@ class SmppChannel:
                 try:
                     await self._bind()
                     return
-                except BindRefusedError as exc:
+                except (BindRefusedError, DestinationNotAllowedError) as exc:
                     log.error("SMPP bind to %s refused: %s", self._where, exc)
                     self._refused = exc
                     self._refused_until = time.monotonic() + self._bind_failure_hold
@@ -646,8 +655,13 @@ class SmppChannel:
                 self._link = None
 
     async def _bind(self) -> None:
+        # Under a policy refusing private hosts, bind to the address it checked, not to what a
+        # second lookup of the host might answer.
+        host = self._host
+        if not self._destinations.allow_private:
+            host = (await self._destinations.resolve(self._host, self._port))[0]
         client = smpp34.Client(
-            self._host,
+            host,
             self._port,
             self._system_id,
             self._password,
@@ -664,7 +678,7 @@ class SmppChannel:
             if "timed out" in str(exc):
                 # smpp34 reports a refused bind as a timeout: ask the SMSC ourselves why.
                 status = await probe_bind(
-                    self._host,
+                    host,
                     self._port,
                     system_id=self._system_id,
                     password=self._password,

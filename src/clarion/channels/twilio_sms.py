@@ -23,6 +23,7 @@ import aiohttp
 
 from clarion.channels.base import Message, Outcome, Result
 from clarion.channels.http1 import PooledSession, json_object
+from clarion.destinations import PERMISSIVE, DestinationNotAllowedError, DestinationPolicy
 
 # Synchronous errors after which the number will never receive SMS (providers.md §3.3):
 # invalid number, unsubscribed (STOP), not a mobile number, landline.
@@ -49,6 +50,7 @@ class TwilioSmsChannel:
         status_callback: str | None = None,
         timeout: float = 30.0,
         max_connections: int = 64,
+        destinations: DestinationPolicy = PERMISSIVE,
     ) -> None:
         # The sender: a Messaging Service (Twilio picks a number from its pool) or one number.
         if messaging_service_sid is not None and from_ is None:
@@ -62,7 +64,9 @@ class TwilioSmsChannel:
         self._headers = {"Authorization": f"Basic {credentials}"}
         self._status_callback = status_callback
         self._http = PooledSession(
-            limit_per_host=max_connections, timeout=aiohttp.ClientTimeout(total=timeout)
+            limit_per_host=max_connections,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            destinations=destinations,
         )
 
     async def send(self, message: Message) -> Result:
@@ -72,6 +76,8 @@ class TwilioSmsChannel:
             ) as response:
                 body = await json_object(response)
                 return _classify(response.status, body, response.headers.get("Retry-After"))
+        except DestinationNotAllowedError as exc:
+            return Result(outcome=Outcome.FAILED, error_code=exc.code, error_message=str(exc))
         except (aiohttp.ClientError, TimeoutError) as exc:
             return Result(outcome=Outcome.RETRY, error_message=f"Twilio unreachable: {exc!r}")
 

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from clarion.channels.base import Message, Outcome, Result
 from clarion.channels.http1 import PooledSession, retry_after_seconds
+from clarion.destinations import PERMISSIVE, DestinationNotAllowedError, DestinationPolicy
 
 # Push services must accept 4096 bytes of body (RFC 8030 §7.2); aes128gcm adds a 86-byte header
 # (salt 16, record size 4, key id length 1, sender key 65), a padding delimiter and a 16-byte tag.
@@ -117,6 +118,7 @@ class WebPushChannel:
         timeout: float = 30.0,
         connections_per_host: int = 64,
         clock: Callable[[], float] = time.time,
+        destinations: DestinationPolicy = PERMISSIVE,
     ) -> None:
         """`clock` (Unix seconds) dates the VAPID JWTs and counts down the TTL.
         `push_service_url` sends every push to that origin instead of its endpoint's, the
@@ -133,6 +135,7 @@ class WebPushChannel:
             # Per socket operation, not in total: waiting for a pooled connection under load is
             # not the push service being slow.
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout),
+            destinations=destinations,
         )
 
     @property
@@ -180,6 +183,8 @@ class WebPushChannel:
             ) as response:
                 text = await response.text(errors="replace")
                 return _classify(response.status, response.headers, text)
+        except DestinationNotAllowedError as exc:
+            return Result(outcome=Outcome.FAILED, error_code=exc.code, error_message=str(exc))
         except (aiohttp.ClientError, TimeoutError) as exc:
             return Result(outcome=Outcome.RETRY, error_message=f"push service unreachable: {exc!r}")
 

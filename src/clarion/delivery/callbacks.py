@@ -23,7 +23,9 @@ signs its webhooks (providers.md §3.4), so `RequestValidator` accepts it. A 2xx
 acknowledges the batch and moves the job's cursor past it; a crash resends only what was not
 acknowledged. Anything else (another status, a timeout, no connection) ends the run, to be tried
 again with the delivery retry policy's backoff, until the batch has had `max_attempts` tries and
-the callback fails with the reason, which the notification's API record shows.
+the callback fails with the reason, which the notification's API record shows. A URL whose
+host the destination policy refuses (clarion.destinations: a private address) fails the
+callback at once, with the policy's reason.
 
 Each POST's answer — status or connection error, latency, the first `EXCERPT_BYTES` of the body
 as text — is recorded with the batch's progress (clarion.store.callbacks.record_attempt), for
@@ -42,7 +44,7 @@ import random
 import time
 import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -53,6 +55,7 @@ from clarion import sids
 from clarion.channels.http1 import PooledSession
 from clarion.channels.twilio_sms import signature
 from clarion.delivery import retry
+from clarion.destinations import PERMISSIVE, DestinationNotAllowedError, DestinationPolicy
 from clarion.store import callbacks, queue
 from clarion.store.callbacks import Attempt, Batch, Cursor, Reported, Sender
 from clarion.store.database import Database
@@ -80,6 +83,8 @@ class Answer:
     error: str | None
     latency_ms: int
     excerpt: str | None
+    # The destination policy refused the URL's host: retrying will not change that.
+    refused: bool = False
 
     def failure(self) -> str | None:
         """Why the batch is not acknowledged (the job's last error), or None."""
@@ -104,6 +109,7 @@ class DeliveryCallbacks:
         stopping: Callable[[], bool],
         timeout: float = TIMEOUT,
         rng: random.Random | None = None,
+        destinations: DestinationPolicy = PERMISSIVE,
     ) -> None:
         self._database = database
         self._vault = vault
@@ -114,7 +120,9 @@ class DeliveryCallbacks:
         self._timeout = timeout
         self._rng = rng or random.Random()
         self._http = PooledSession(
-            limit_per_host=CONNECTIONS_PER_HOST, timeout=aiohttp.ClientTimeout(total=timeout)
+            limit_per_host=CONNECTIONS_PER_HOST,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            destinations=destinations,
         )
 
     async def run(self, job: ClaimedJob) -> None:
@@ -162,7 +170,8 @@ class DeliveryCallbacks:
             if error is not None:
                 await self._failed(
                     job,
-                    attempts=attempts,
+                    # A refused URL fails the callback at once, without retries.
+                    attempts=job.max_attempts if answer.refused else attempts,
                     error=f"batch {cursor.sequence}: {error}",
                     attempt=attempt,
                 )
@@ -221,6 +230,8 @@ class DeliveryCallbacks:
                 )
         except TimeoutError:
             return failed(f"no answer within {self._timeout:g} s")
+        except DestinationNotAllowedError as exc:
+            return replace(failed(str(exc)), refused=True)
         except (aiohttp.ClientError, ValueError) as exc:
             return failed(f"could not reach the callback URL: {exc!r}")
 

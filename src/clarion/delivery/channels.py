@@ -24,6 +24,7 @@ from clarion.channels.webpush import WebPushChannel
 from clarion.credential_types import PROVIDER_URL
 from clarion.delivery.channel_pool import ChannelFactory, ChannelUnavailableError, Credential
 from clarion.delivery.provider_reports import ProviderReport
+from clarion.destinations import PERMISSIVE, DestinationPolicy
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +36,9 @@ class Endpoints:
     # Where providers that report over the channel's own connection (SMPP receipts) are
     # heard: clarion.delivery.provider_reports.ProviderReports.submit; None ignores them.
     reports: Callable[[ProviderReport], None] | None = None
+    # Whether credentials may aim channels at private addresses (ProviderUrl, Host) and web
+    # pushes go to private endpoints; `clarion serve`/`worker` pass the operator's setting.
+    destinations: DestinationPolicy = PERMISSIVE
 
     def sms_status_callback(self, credential_sid: str) -> str:
         return f"{self.public_url}/v1/Callbacks/Sms/{credential_sid}"
@@ -65,7 +69,7 @@ def _url(credential: Credential, default: str) -> str:
     return str(credential.settings.get(PROVIDER_URL) or default)
 
 
-def _apns(credential: Credential, _endpoints: Endpoints) -> Channel:
+def _apns(credential: Credential, endpoints: Endpoints) -> Channel:
     settings, secret = credential.settings, credential.secret
     return ApnsChannel(
         private_key=secret["PrivateKey"],
@@ -75,13 +79,15 @@ def _apns(credential: Credential, _endpoints: Endpoints) -> Channel:
         bundle_id=settings.get("BundleId"),
         sandbox=bool(credential.sandbox),
         base_url=credential.settings.get(PROVIDER_URL),
+        destinations=endpoints.destinations,
     )
 
 
-def _fcm(credential: Credential, _endpoints: Endpoints) -> Channel:
+def _fcm(credential: Credential, endpoints: Endpoints) -> Channel:
     return FcmChannel(
         service_account=json.loads(credential.secret["Secret"]),
         base_url=_url(credential, fcm.FCM_URL),
+        destinations=endpoints.destinations,
     )
 
 
@@ -94,14 +100,16 @@ def _twilio_sms(credential: Credential, endpoints: Endpoints) -> Channel:
         from_=None if settings.get("MessagingServiceSid") else settings.get("From"),
         status_callback=endpoints.sms_status_callback(credential.sid),
         base_url=_url(credential, twilio_sms.TWILIO_URL),
+        destinations=endpoints.destinations,
     )
 
 
-def _messenger(credential: Credential, _endpoints: Endpoints) -> Channel:
+def _messenger(credential: Credential, endpoints: Endpoints) -> Channel:
     return MessengerChannel(
         page_id=credential.settings["PageId"],
         page_access_token=credential.secret["PageAccessToken"],
         base_url=_url(credential, messenger.GRAPH_URL),
+        destinations=endpoints.destinations,
     )
 
 
@@ -129,17 +137,19 @@ def _smpp(credential: Credential, endpoints: Endpoints) -> Channel:
         system_type=settings.get("SystemType") or "",
         source_addr=settings["SourceAddr"],
         on_receipt=on_receipt,
+        destinations=endpoints.destinations,
     )
 
 
-def _webpush(credential: Credential, _endpoints: Endpoints) -> Channel:
+def _webpush(credential: Credential, endpoints: Endpoints) -> Channel:
     return WebPushChannel(
         vapid_private_key=credential.secret["VapidPrivateKey"],
         subject=credential.settings["Subject"],
+        destinations=endpoints.destinations,
     )
 
 
-def _smtp(credential: Credential, _endpoints: Endpoints) -> Channel:
+def _smtp(credential: Credential, endpoints: Endpoints) -> Channel:
     settings = credential.settings
     return EmailChannel(
         host=settings["Host"],
@@ -148,6 +158,7 @@ def _smtp(credential: Credential, _endpoints: Endpoints) -> Channel:
         sender=settings["From"],
         username=settings.get("Username"),
         password=credential.secret.get("Password"),
+        destinations=endpoints.destinations,
     )
 
 

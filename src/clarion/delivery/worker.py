@@ -48,6 +48,7 @@ from clarion.delivery.dispatcher import Dispatcher
 from clarion.delivery.receipts import ReceiptTokens
 from clarion.delivery.throttle import SendSlots
 from clarion.delivery.wakeup import LeaderLock, WorkSignal
+from clarion.destinations import PERMISSIVE, DestinationPolicy
 from clarion.store import callbacks as store_callbacks
 from clarion.store import failover as store_failover
 from clarion.store import queue
@@ -83,6 +84,8 @@ class WorkerConfig:
     credential_refresh: float = REFRESH_INTERVAL
     # Seconds an application's delivery callback endpoint gets to answer one batch.
     callback_timeout: float = callbacks.TIMEOUT
+    # Whether delivery callback URLs may be private addresses (clarion.destinations).
+    destinations: DestinationPolicy = PERMISSIVE
 
 
 def worker_name() -> str:
@@ -135,6 +138,7 @@ class Worker:
             stopping=self._stopping.is_set,
             timeout=self._config.callback_timeout,
             rng=rng,
+            destinations=self._config.destinations,
         )
         self._handlers: dict[str, Callable[[ClaimedJob], Awaitable[None]]] = {
             "fanout": self._fanout,
