@@ -153,7 +153,7 @@ class Http2Client:
         the stream for the next caller. Pass `index_path=False` when the path is unique to this
         request (a device token in it).
         """
-        connection = await self._connection_with_free_stream()
+        connection = self._free_connection() or await self._connection_with_free_stream()
         stream = connection.start(
             method.encode(), path.encode(), headers, body, index_path=index_path
         )
@@ -175,14 +175,23 @@ class Http2Client:
                 if connection.closed in unfinished:
                     connection.abort()
 
+    def _free_connection(self) -> _Connection | None:
+        """A connection that can open a stream now, if there is one (no coroutine: the usual
+        case, once the pool is warm)."""
+        if not self._closed:
+            for connection in self._connections:
+                if connection.free_streams > 0:
+                    return connection
+        return None
+
     async def _connection_with_free_stream(self) -> _Connection:
         """A connection that can open a stream now; waits in line while all of them are full."""
         while True:
             if self._closed:
                 raise ConnectionLostError("the client is closed")
-            for connection in self._connections:
-                if connection.free_streams > 0:
-                    return connection
+            connection = self._free_connection()
+            if connection is not None:
+                return connection
             if self._connecting is not None:
                 await asyncio.shield(self._connecting)
             elif len(self._connections) < self._max_connections:
