@@ -7,7 +7,6 @@ none, is classified with the tables below into the four outcomes of `clarion.cha
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import re
 import ssl
@@ -152,6 +151,7 @@ class ApnsChannel:
             base_url or (SANDBOX_URL if sandbox else PRODUCTION_URL),
             ssl_context=context,
             max_connections=max_connections,
+            request_timeout=timeout,
             destinations=destinations,
         )
 
@@ -211,11 +211,10 @@ class ApnsChannel:
 
     async def _post(self, path: str, headers: list[Header], body: bytes) -> Response | Result:
         try:
-            async with asyncio.timeout(self._timeout):
-                return await self._client.request(
-                    "POST", path, headers=headers, body=body, index_path=False
-                )
-        except TimeoutError:
+            return await self._client.request(
+                "POST", path, headers=headers, body=body, index_path=False
+            )
+        except TimeoutError:  # the client's request timeout
             return _unanswered("Timeout", f"No answer from APNs within {self._timeout:g} s.")
         except DestinationNotAllowedError as error:
             return Result(outcome=Outcome.FAILED, error_code=error.code, error_message=str(error))
