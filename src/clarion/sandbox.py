@@ -55,6 +55,11 @@ SANDBOX_CONTACT = "sandbox@clarion.invalid"
 SANDBOX_SMPP_SYSTEM_ID = "clarion"
 SANDBOX_SMPP_PASSWORD = "sandbox"  # noqa: S105 - the emulator's, printed and documented
 SANDBOX_SMPP_PORT = 2775
+# How many of the latest records of each kind every emulator keeps (what it received, callbacks
+# it made, ids it has seen). Nothing in `serve` reads them, and unbounded they grow with every
+# delivery for as long as the server runs (≈ 170 MB more after 100,000 deliveries); a thousand
+# is plenty for someone poking at a sandbox from a debugger.
+SANDBOX_KEEP = 1_000
 
 
 class Sandbox:
@@ -67,22 +72,28 @@ class Sandbox:
         self.twilio_auth_token = secrets.token_hex(16)
         self._page_token = secrets.token_urlsafe(24)
         self._app_secret = secrets.token_hex(16)
-        self.apns = ApnsEmulator(slow_delay=slow_delay)
-        self.fcm = FcmEmulator(slow_delay=slow_delay)
-        self.twilio = TwilioEmulator(accounts={self.twilio_account_sid: self.twilio_auth_token})
+        self.apns = ApnsEmulator(slow_delay=slow_delay, keep=SANDBOX_KEEP)
+        self.fcm = FcmEmulator(slow_delay=slow_delay, keep=SANDBOX_KEEP)
+        self.twilio = TwilioEmulator(
+            accounts={self.twilio_account_sid: self.twilio_auth_token}, keep=SANDBOX_KEEP
+        )
         self.messenger = MessengerEmulator(
             pages={SANDBOX_PAGE: self._page_token},
             slow_delay=slow_delay,
             webhook_url=endpoints.messenger_webhook(SANDBOX_MESSENGER_CREDENTIAL_SID),
             app_secret=self._app_secret,
+            keep=SANDBOX_KEEP,
         )
         # Any subscription is pushed to the emulator, which decrypts those it issued.
-        self.webpush = WebPushEmulator(slow_delay=slow_delay, accept_unknown=True)
-        self.smtp = SmtpEmulator(security="starttls", slow_delay=slow_delay)
+        self.webpush = WebPushEmulator(
+            slow_delay=slow_delay, accept_unknown=True, keep=SANDBOX_KEEP
+        )
+        self.smtp = SmtpEmulator(security="starttls", slow_delay=slow_delay, keep=SANDBOX_KEEP)
         self.smsc = SmscEmulator(
             port=SANDBOX_SMPP_PORT,
             accounts={SANDBOX_SMPP_SYSTEM_ID: SANDBOX_SMPP_PASSWORD},
             receipt_delay=0.5,
+            keep=SANDBOX_KEEP,
         )
         vapid: dict[str, str] = {}
         credential_types.TYPES["webpush"].complete(vapid)  # a fresh key pair
@@ -100,7 +111,9 @@ class Sandbox:
         except OSError:  # SMPP's port is taken: any free one will do, it is announced
             await self.smsc.close()
             self.smsc = SmscEmulator(
-                accounts={SANDBOX_SMPP_SYSTEM_ID: SANDBOX_SMPP_PASSWORD}, receipt_delay=0.5
+                accounts={SANDBOX_SMPP_SYSTEM_ID: SANDBOX_SMPP_PASSWORD},
+                receipt_delay=0.5,
+                keep=SANDBOX_KEEP,
             )
             await self.smsc.start()
         fcm = FcmChannel(service_account=self.fcm.new_service_account(), base_url=self.fcm.url)

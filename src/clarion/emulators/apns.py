@@ -9,7 +9,8 @@ APNs channel is tested against it instead of a mock, and `clarion serve --sandbo
 Outcomes per device token: `scripts[token] = Reply(...)` wins; otherwise the sandbox conventions
 apply (`dead…` → 410 Unregistered, `bad…` → 400 BadDeviceToken, `slow…` → accepted after
 `slow_delay` seconds); anything else is accepted. Tokens need not be hex, so that sandbox users
-can type them. Accepted notifications are recorded in `accepted`.
+can type them. Accepted notifications are recorded in `accepted`; `keep` bounds every record
+(and the memory of `apns-id`s seen) to the latest that many, for a long-running sandbox.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 from hpack import NeverIndexedHeaderTuple
 from hyperframe.frame import GoAwayFrame
+
+from clarion.emulators.records import Recent, Records
 
 # providers.md §1.3: the values Apple accepts in `apns-push-type` and `apns-priority`.
 PUSH_TYPES = frozenset(
@@ -142,7 +145,8 @@ class _RefusedError(Exception):
 class ApnsEmulator:
     """APNs on `url` (`start()` first). Trust `ca` (or use `client_ssl_context()`), register the
     signing keys whose tokens it accepts, script outcomes in `scripts`, read what it received in
-    `accepted`; `clock` lets tests age provider tokens without waiting."""
+    `accepted`; `clock` lets tests age provider tokens without waiting. `keep` is how many of
+    the latest records of each kind it keeps (None: all, what tests want)."""
 
     def __init__(
         self,
@@ -155,6 +159,7 @@ class ApnsEmulator:
         token_update_interval: float = PROVIDER_TOKEN_UPDATE_INTERVAL,
         lower_limit_after_errors: bool = False,
         clock: Callable[[], float] = time.time,
+        keep: int | None = None,
     ) -> None:
         if environment not in ("sandbox", "production"):
             raise ValueError(f"environment must be 'sandbox' or 'production', not {environment!r}")
@@ -169,15 +174,23 @@ class ApnsEmulator:
         self.lower_limit_after_errors = lower_limit_after_errors
         self.clock = clock
         self.ca = trustme.CA()
+        # What bounds each piece of state: `scripts` and `_keys` hold only what the caller put
+        # there; the records and the two `Recent` maps hold at most `keep` entries; connections,
+        # held answers and their waiters are dropped once closed, answered or woken.
         self.scripts: dict[str, Reply] = {}
         self.requests = 0  # every complete request received, whatever its answer
-        self.accepted: list[Notification] = []
-        self.duplicate_ids: list[str] = []  # `apns-id`s accepted more than once
-        self.provider_tokens: list[str] = []  # each distinct JWT that authenticated, in order
-        self.protocol_errors: list[str] = []  # HTTP/2 violations by clients (stream limit…)
+        self.accepted: Records[Notification] = Records(maxlen=keep)
+        self.duplicate_ids: Records[str] = Records(maxlen=keep)  # `apns-id`s accepted again
+        # Each distinct JWT that authenticated, in order.
+        self.provider_tokens: Records[str] = Records(maxlen=keep)
+        # HTTP/2 violations by clients (stream limit…).
+        self.protocol_errors: Records[str] = Records(maxlen=keep)
         self._keys: dict[str, _SigningKey] = {}
-        self._verified: dict[str, tuple[_SigningKey, int]] = {}
-        self._accepted_ids: set[str] = set()
+        # Provider tokens whose signature checked out; one forgotten is verified again.
+        self._verified: Recent[str, tuple[_SigningKey, int]] = Recent(keep)
+        # The `apns-id`s of the latest `keep` accepted notifications: a duplicate of an older
+        # one is no longer flagged.
+        self._accepted_ids: Recent[str, None] = Recent(keep)
         self._connections: set[_ApnsConnection] = set()
         self._held = 0
         self._held_waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -390,7 +403,8 @@ class ApnsEmulator:
                 raise _RefusedError(403, "InvalidProviderToken") from None
             if claims["iss"] != key.team_id or not isinstance(claims["iat"], int):
                 raise _RefusedError(403, "InvalidProviderToken")
-            verified = self._verified[token] = (key, claims["iat"])
+            verified = (key, claims["iat"])
+            self._verified[token] = verified
         key, issued_at = verified
         if self.environment not in key.environments:
             raise _RefusedError(403, "BadEnvironmentKeyInToken")
@@ -408,7 +422,7 @@ class ApnsEmulator:
     def _record(self, notification: Notification, apns_id: str) -> None:
         if apns_id in self._accepted_ids:
             self.duplicate_ids.append(apns_id)
-        self._accepted_ids.add(apns_id)
+        self._accepted_ids[apns_id] = None
         self.accepted.append(notification)
 
     def _count_held(self, change: int) -> None:

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from clarion.emulators.http_server import AiohttpEmulator
+from clarion.emulators.records import Records
 
 JWT_BEARER_GRANT: Final = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 # providers.md §2.1: scopes that allow sending (cloud-platform covers firebase.messaging).
@@ -137,7 +138,8 @@ class _QuotaBucket:
 
 
 class FcmEmulator(AiohttpEmulator):
-    """FCM HTTP v1 plus Google's token endpoint on 127.0.0.1."""
+    """FCM HTTP v1 plus Google's token endpoint on 127.0.0.1. `keep` is how many of the latest
+    records of each kind it keeps, and of access tokens it honours (None: all)."""
 
     def __init__(
         self,
@@ -147,6 +149,7 @@ class FcmEmulator(AiohttpEmulator):
         token_lifetime: int = 3600,
         slow_delay: float = 5.0,
         quota_per_minute: int = DEFAULT_QUOTA_PER_MINUTE,
+        keep: int | None = None,
     ) -> None:
         # Closing gives open requests a second, then cuts off `slow…` answers still waiting.
         super().__init__(host=host, port=port, shutdown_timeout=1.0)
@@ -155,9 +158,14 @@ class FcmEmulator(AiohttpEmulator):
         # How long `slow…` tokens wait for their answer.
         self.slow_delay = slow_delay
         self.quota_per_minute = quota_per_minute
-        self.received: list[ReceivedMessage] = []
+        self.received: Records[ReceivedMessage] = Records(maxlen=keep)
         # The client_email of every access token granted, in order.
-        self.grants: list[str] = []
+        self.grants: Records[str] = Records(maxlen=keep)
+        self._keep = keep
+        # What bounds each piece of state: `_accounts` and `_scripts` hold what the caller put
+        # there (a script used up is removed); `_quotas` has one bucket per project of those
+        # accounts (a send is authorized before its project gets one); `_access_tokens` loses
+        # expired tokens at each grant, and holds at most `keep` (oldest revoked first).
         self._accounts: dict[str, _Account] = {}
         self._access_tokens: dict[str, _Grant] = {}
         self._scripts: dict[str, _Script] = {}
@@ -245,6 +253,7 @@ class FcmEmulator(AiohttpEmulator):
                 "invalid_scope", "Invalid OAuth scope or ID token audience provided."
             )
         access_token = f"ya29.{secrets.token_urlsafe(32)}"
+        self._forget_access_tokens()
         self._access_tokens[access_token] = _Grant(
             account.project_id, time.monotonic() + self.token_lifetime
         )
@@ -289,6 +298,17 @@ class FcmEmulator(AiohttpEmulator):
         if response.status == 200 or (400 <= response.status < 500 and response.status != 429):
             quota.take()
         return response
+
+    def _forget_access_tokens(self) -> None:
+        """Make room for one more grant: expired tokens go (they are refused the same way
+        whether remembered or not), then the oldest beyond `keep`."""
+        now = time.monotonic()
+        expired = [token for token, grant in self._access_tokens.items() if grant.expires_at <= now]
+        for token in expired:
+            del self._access_tokens[token]
+        if self._keep is not None:
+            while self._access_tokens and len(self._access_tokens) >= self._keep:
+                del self._access_tokens[next(iter(self._access_tokens))]
 
     def _authorize(self, authorization: str, project: str) -> web.Response | None:
         scheme, _, access_token = authorization.partition(" ")

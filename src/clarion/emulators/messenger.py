@@ -27,6 +27,7 @@ import aiohttp
 from aiohttp import web
 
 from clarion.emulators.http_server import AiohttpEmulator
+from clarion.emulators.records import Records
 
 # Standard messaging window after the user's last message, and HUMAN_AGENT's longer one (§5.1).
 STANDARD_WINDOW = timedelta(hours=24)
@@ -112,20 +113,26 @@ class MessengerEmulator(AiohttpEmulator):
         webhook_url: str | None = None,
         app_secret: str | None = None,
         webhook_delay: float = 1.0,
+        keep: int | None = None,
     ) -> None:
         """`pages` maps page id → page access token. `rate_limit` calls per `rate_window`
         seconds per page pass (300/s is Messenger's text cap). With `accept_unknown_psids`
         (the sandbox) a PSID nobody set up is a user who just wrote; without it, it matches
         no user, as on the real API. Delivery events go to `webhook_url`, signed with
         `app_secret`, `webhook_delay` seconds after the message was accepted: the device gets
-        it later, and the sender has stored the message id by then."""
+        it later, and the sender has stored the message id by then. `keep` is how many of the
+        latest `messages` and `webhook_posts` it keeps (None: all)."""
         if (webhook_url is None) != (app_secret is None):
             raise ValueError("webhook_url and app_secret go together")
         # Closing cuts off `slow…` answers rather than waiting them out.
         super().__init__(host=host, port=port, shutdown_timeout=0.01)
+        # What bounds each piece of state: the records hold at most `keep`; `_pages`,
+        # `_last_wrote` and `_scripted` hold what the caller put there; a page's `calls` only
+        # the last `rate_window` seconds' (at most `rate_limit`); a delivery webhook's task
+        # holds its message until it has posted.
         self._pages = {page_id: _Page(token) for page_id, token in (pages or {}).items()}
-        self.messages: list[ReceivedMessage] = []
-        self.webhook_posts: list[WebhookPost] = []
+        self.messages: Records[ReceivedMessage] = Records(maxlen=keep)
+        self.webhook_posts: Records[WebhookPost] = Records(maxlen=keep)
         self._slow_delay = slow_delay
         self._rate_limit = rate_limit
         self._rate_window = rate_window

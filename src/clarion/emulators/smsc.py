@@ -18,7 +18,8 @@ What it reproduces (reference/providers.md §10.4):
   ESME refuses is sent again.
 - **Records** of every `submit_sm` (`submits`) and of every accepted message with its text
   decoded (GSM 03.38 or UCS-2) and long messages reassembled from their UDH or SAR TLVs
-  (`messages`), so tests assert on what reached the "network".
+  (`messages`), so tests assert on what reached the "network". `keep` bounds every record to
+  the latest that many (None: all), for a long-running sandbox.
 - **Abrupt disconnects** (`disconnect()`: TCP reset, no unbind) and mobile-originated messages
   (`send_mo()`).
 
@@ -43,6 +44,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import smpp34
+
+from clarion.emulators.records import Recent, Records
 
 ESME_RINVDSTADR = 0x0B
 ESME_RSUBMITFAIL = 0x45
@@ -184,6 +187,7 @@ class SmscEmulator:
         max_per_second: int | None = None,
         queue_limit: int | None = None,
         inbound_capacity: int = INBOUND_CAPACITY,
+        keep: int | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -192,14 +196,20 @@ class SmscEmulator:
         self.receipt_delay = receipt_delay
         self.max_per_second = max_per_second
         self.queue_limit = queue_limit
-        self.submits: list[Submit] = []
-        self.messages: list[ReceivedSms] = []
+        # What bounds each piece of state: the records, the long messages being reassembled
+        # and the receipts held for each system_id hold at most `keep` each (a held receipt
+        # forgotten is given up, as after RECEIPT_RESENDS refusals); a receipt being sent is
+        # held by its task until acknowledged or given up; `_sessions`, `_rates` and `_links`
+        # lose a bind when it ends; `_scripts` holds MAGIC_NUMBERS and what the caller scripted.
+        self.submits: Records[Submit] = Records(maxlen=keep)
+        self.messages: Records[ReceivedSms] = Records(maxlen=keep)
         # (system_id, command_status) of every bind attempt the front answered.
-        self.binds: list[tuple[str, int]] = []
+        self.binds: Records[tuple[str, int]] = Records(maxlen=keep)
         # (message_id, stat) of every receipt an ESME acknowledged.
-        self.receipts: list[tuple[str, str]] = []
+        self.receipts: Records[tuple[str, str]] = Records(maxlen=keep)
         # MO messages an ESME acknowledged, as (session_id, text).
-        self.mo_acknowledged: list[tuple[str, str]] = []
+        self.mo_acknowledged: Records[tuple[str, str]] = Records(maxlen=keep)
+        self._keep = keep
         self._inbound_capacity = inbound_capacity
         self._scripts: dict[str, Script] = dict(MAGIC_NUMBERS)
         self._server: smpp34.Server | None = None
@@ -209,7 +219,8 @@ class SmscEmulator:
         self._links: set[_Link] = set()
         self._sessions: dict[str, smpp34.Esme] = {}
         self._rates: dict[str, tuple[int, int]] = {}
-        self._assembling: dict[tuple[str, str, str, int], _Parts] = {}
+        # Long messages whose parts are not all in yet; one forgotten is never recorded.
+        self._assembling: Recent[tuple[str, str, str, int], _Parts] = Recent(keep)
         # Receipts waiting for their system_id to bind again.
         self._held: dict[str, list[Callable[[], Coroutine[Any, Any, None]]]] = {}
         self._pending_receipts = 0
@@ -418,10 +429,12 @@ class SmscEmulator:
             return text
         reference, total, sequence = concat
         key = (system_id, event.source_addr, event.destination_addr, reference)
-        parts = self._assembling.setdefault(key, _Parts(total))
+        parts = self._assembling.get(key)
+        if parts is None:
+            parts = self._assembling[key] = _Parts(total)
         parts.chunks[sequence] = (body, message_id)
         if len(parts.chunks) >= parts.total:
-            del self._assembling[key]
+            self._assembling.pop(key)
             ordered = [parts.chunks[n] for n in sorted(parts.chunks)]
             self.messages.append(
                 ReceivedSms(
@@ -458,7 +471,7 @@ class SmscEmulator:
                 if esme is None:
                     # Store and forward: sent when the ESME binds again.
                     resend = functools.partial(send, 0.0, list(remaining), attempt)
-                    self._held.setdefault(system_id, []).append(resend)
+                    self._hold(system_id, resend)
                     return
                 state, err = remaining[0]
                 pdu = _receipt(message_id, state, err, submitted=submitted, text=text)
@@ -480,6 +493,14 @@ class SmscEmulator:
             self._pending_receipts -= 1
 
         self._spawn(send(self.receipt_delay, states, 0))
+
+    def _hold(self, system_id: str, resend: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Keep a receipt until `system_id` binds again: the latest `keep` of them."""
+        held = self._held.setdefault(system_id, [])
+        held.append(resend)
+        while self._keep is not None and len(held) > self._keep:
+            del held[0]  # the oldest is given up: no longer waiting to be sent
+            self._pending_receipts -= 1
 
     def _receiver(self, session_id: str, system_id: str) -> smpp34.Esme | None:
         esme = self._sessions.get(session_id)

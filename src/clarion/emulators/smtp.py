@@ -27,6 +27,8 @@ from typing import Any, Literal, Self
 import trustme
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from clarion.emulators.records import Records
+
 Security = Literal["starttls", "tls", "none"]
 
 DATA_SIZE_LIMIT = 10 * 1024 * 1024
@@ -72,13 +74,18 @@ class SmtpEmulator:
         users: Mapping[str, str] | None = None,
         slow_delay: float = 5.0,
         data_size_limit: int = DATA_SIZE_LIMIT,
+        keep: int | None = None,
     ) -> None:
-        """`users` maps login → password; with them, MAIL needs AUTH first (530 otherwise)."""
+        """`users` maps login → password; with them, MAIL needs AUTH first (530 otherwise).
+        `keep` is how many of the latest accepted `messages` it keeps (None: all)."""
         self.host = host
         self.port = port
         self.security = security
         self.ca = trustme.CA()
-        self.messages: list[ReceivedMail] = []
+        # What bounds each piece of state: `messages` holds at most `keep`; `_sessions` the
+        # open connections (each forgotten when lost); `_users` and `_scripts` what the caller
+        # put there.
+        self.messages: Records[ReceivedMail] = Records(maxlen=keep)
         # Every connection accepted, for tests of connection reuse.
         self.connections = 0
         self._users = dict(users or {})

@@ -27,6 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from clarion.emulators.http_server import AiohttpEmulator
+from clarion.emulators.records import Records
 
 API_VERSION = "2010-04-01"
 MAX_BODY_CHARS = 1600  # §3.3, error 21617
@@ -136,7 +137,9 @@ class _TwilioError(Exception):
 
 
 class TwilioEmulator(AiohttpEmulator):
-    """Twilio's Messages API on 127.0.0.1; records `messages` and `callbacks` for tests."""
+    """Twilio's Messages API on 127.0.0.1; records `messages` and `callbacks` for tests, the
+    latest `keep` of each (None: all). A message no longer kept can't be fetched (404), but its
+    status callbacks are still made."""
 
     def __init__(
         self,
@@ -146,13 +149,18 @@ class TwilioEmulator(AiohttpEmulator):
         port: int = 0,
         callback_delay: float = 1.0,
         max_concurrent: int = 100,
+        keep: int | None = None,
     ) -> None:
         # Closing cuts off held and in-flight requests rather than waiting them out.
         super().__init__(host=host, port=port, shutdown_timeout=0.01)
         # Account SID → auth token.
         self.accounts = dict(accounts or {})
-        self.messages: list[SentMessage] = []
-        self.callbacks: list[StatusCallback] = []
+        # What bounds each piece of state: the records hold at most `keep`; a message awaiting
+        # its status callbacks is held by its callback task alone, until the last one is made;
+        # `accounts` and `_fates` hold what the caller put there; `_in_flight` one count per
+        # account; `_held` one entry per request held open by `holding_answers` (tests only).
+        self.messages: Records[SentMessage] = Records(maxlen=keep)
+        self.callbacks: Records[StatusCallback] = Records(maxlen=keep)
         self._callback_delay = callback_delay
         self._max_concurrent = max_concurrent
         self._in_flight: Counter[str] = Counter()
@@ -226,7 +234,7 @@ class TwilioEmulator(AiohttpEmulator):
     async def _fetch(self, request: web.Request) -> web.Response:
         account_sid = self._authenticate(request)
         sid = request.match_info["sid"]
-        for message in self.messages:
+        for message in reversed(self.messages):
             if message.sid == sid and message.account_sid == account_sid:
                 return web.json_response(message.resource())
         raise _TwilioError(404, 20404, path=request.path)

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from clarion.emulators.http_server import AiohttpEmulator
+from clarion.emulators.records import Records
 
 MAX_BODY_BYTES = 4096
 MAX_JWT_LIFETIME = 24 * 3600
@@ -131,16 +132,21 @@ class WebPushEmulator(AiohttpEmulator):
         accept_unknown: bool = False,
         strict_subject: bool = False,
         clock: Callable[[], float] = time.time,
+        keep: int | None = None,
     ) -> None:
         """`strict_subject` refuses a VAPID `sub` Apple refuses (a malformed mailto:, a
         localhost contact) with 403 BadJwtToken. `clock` is the push service's time, for JWT
-        expiry checks."""
+        expiry checks. `keep` is how many of the latest pushes `received` keeps (None: all);
+        `pending()` only sees those."""
         self.ca = trustme.CA()
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.ca.issue_cert(host, "localhost").configure_cert(context)
         # Closing cuts off `slow…` answers rather than waiting them out.
         super().__init__(host=host, port=port, shutdown_timeout=0.01, ssl_context=context)
-        self.received: list[PushMessage] = []
+        # What bounds each piece of state: `received` holds at most `keep`; `_browsers` one
+        # entry per `subscribe()`, `_scripts` what the caller scripted; `_verified` at most
+        # _TOKEN_CACHE_SIZE tokens.
+        self.received: Records[PushMessage] = Records(maxlen=keep)
         self._slow_delay = slow_delay
         self._accept_unknown = accept_unknown
         self._strict_subject = strict_subject
