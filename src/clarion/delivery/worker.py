@@ -69,6 +69,11 @@ class WorkerConfig:
     batch_size: int = 500
     # Sends started and not yet stored, at most.
     max_in_flight: int = 1000
+    # A flush of fewer results than this waits up to `flush_wait` seconds for more while sends
+    # are out: with slow providers (SMTP) results trickle in, and a SQLite commit costs about
+    # as much as storing fifty of them.
+    flush_size: int = 100
+    flush_wait: float = 0.02
     # Far longer than any provider timeout, so only a dead worker ever loses a lease.
     lease: timedelta = timedelta(seconds=60)
     fanout_chunk: int = CHUNK_SIZE
@@ -352,6 +357,8 @@ class Worker:
         while not (self._closing and not (self._results or self._interrupted or self._unsent)):
             await self._results_ready.wait()
             self._results_ready.clear()
+            if len(self._results) < self._config.flush_size and self._sends and not self._closing:
+                await asyncio.sleep(self._config.flush_wait)
             await self._flush()
 
     async def _flush(self) -> None:
