@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509.oid import NameOID
 
-from clarion.channels.base import Message, Outcome, Result
+from clarion.channels.base import Message, Outcome, Result, refused
 from clarion.channels.http2 import Header, Http2Client, Http2Error, Response, unindexed
 from clarion.destinations import PERMISSIVE, DestinationNotAllowedError, DestinationPolicy
 
@@ -217,7 +217,7 @@ class ApnsChannel:
         except TimeoutError:  # the client's request timeout
             return _unanswered("Timeout", f"No answer from APNs within {self._timeout:g} s.")
         except DestinationNotAllowedError as error:
-            return Result(outcome=Outcome.FAILED, error_code=error.code, error_message=str(error))
+            return refused(error)
         except Http2Error as error:
             goaway_reason = _decode_error(error.debug_data).get("reason")
             code = str(goaway_reason) if goaway_reason else type(error).__name__

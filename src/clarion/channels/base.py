@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from clarion.destinations import DestinationNotAllowedError
+
 
 class Outcome(enum.Enum):
     # The provider took the message; `provider_ref` identifies it there.
@@ -51,6 +53,12 @@ class Result:
     # The provider's own error code and text (APNs reason, FCM status, Twilio 21211, Graph 551).
     error_code: str | None = None
     error_message: str | None = None
+
+
+def refused(error: DestinationNotAllowedError) -> Result:
+    """The result of a send whose provider host the destination policy refused: FAILED, as
+    trying again would reach the same address (clarion.destinations)."""
+    return Result(outcome=Outcome.FAILED, error_code=error.code, error_message=str(error))
 
 
 class Channel(Protocol):

@@ -29,7 +29,7 @@ from typing import Final, Literal
 
 import aiosmtplib
 
-from clarion.channels.base import Message, Outcome, Result
+from clarion.channels.base import Message, Outcome, Result, refused
 from clarion.destinations import PERMISSIVE, DestinationNotAllowedError, DestinationPolicy
 
 Security = Literal["starttls", "tls", "none"]
@@ -130,7 +130,7 @@ class EmailChannel:
             except MisconfiguredError as exc:
                 return Result(outcome=Outcome.FAILED, error_message=str(exc))
             except DestinationNotAllowedError as exc:
-                return Result(outcome=Outcome.FAILED, error_code=exc.code, error_message=str(exc))
+                return refused(exc)
             except (aiosmtplib.SMTPException, OSError) as exc:
                 return Result(
                     outcome=Outcome.RETRY, error_message=f"SMTP server unreachable: {exc!r}"

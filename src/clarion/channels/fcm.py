@@ -18,7 +18,7 @@ from typing import Any, Final, NamedTuple
 import aiohttp
 import msgspec
 
-from clarion.channels.base import Message, Outcome, Result
+from clarion.channels.base import Message, Outcome, Result, refused
 from clarion.channels.google_oauth import GrantError, GrantRefusedError, ServiceAccountTokens
 from clarion.channels.http1 import PooledSession
 from clarion.destinations import PERMISSIVE, DestinationNotAllowedError, DestinationPolicy
@@ -179,7 +179,7 @@ class FcmChannel:
                 self._tokens.invalidate(token)
                 reply = await self._post(session, body, await self._tokens.access_token(session))
         except DestinationNotAllowedError as exc:
-            return Result(outcome=Outcome.FAILED, error_code=exc.code, error_message=str(exc))
+            return refused(exc)
         except GrantRefusedError as exc:
             return Result(
                 outcome=Outcome.FAILED,

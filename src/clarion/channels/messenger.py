@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from clarion.channels.base import Message, Outcome, Result
+from clarion.channels.base import Message, Outcome, Result, refused
 from clarion.channels.http1 import PooledSession, json_object
 from clarion.destinations import PERMISSIVE, DestinationNotAllowedError, DestinationPolicy
 
@@ -71,7 +71,7 @@ class MessengerChannel:
             ) as response:
                 return _classify(response.status, await json_object(response))
         except DestinationNotAllowedError as exc:
-            return Result(outcome=Outcome.FAILED, error_code=exc.code, error_message=str(exc))
+            return refused(exc)
         except (aiohttp.ClientError, TimeoutError) as exc:
             return Result(outcome=Outcome.RETRY, error_message=f"Graph API unreachable: {exc!r}")
 

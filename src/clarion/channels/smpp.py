@@ -44,7 +44,7 @@ from typing import Protocol
 
 import smpp34
 
-from clarion.channels.base import Message, Outcome, Result
+from clarion.channels.base import Message, Outcome, Result, refused
 from clarion.destinations import PERMISSIVE, DestinationNotAllowedError, DestinationPolicy
 
 log = logging.getLogger(__name__)
@@ -611,15 +611,13 @@ class SmppChannel:
             error_message=f"no SMPP bind to {self._where} ({self._last_error}); reconnecting",
         )
 
-    def _refused_result(self, refused: BindRefusedError | DestinationNotAllowedError) -> Result:
-        if isinstance(refused, DestinationNotAllowedError):
-            return Result(
-                outcome=Outcome.FAILED, error_code=refused.code, error_message=str(refused)
-            )
+    def _refused_result(self, error: BindRefusedError | DestinationNotAllowedError) -> Result:
+        if isinstance(error, DestinationNotAllowedError):
+            return refused(error)
         return Result(
             outcome=Outcome.FAILED,
-            error_code=status_code(refused.status),
-            error_message=f"the SMSC at {self._where} refused the bind ({refused}): check the "
+            error_code=status_code(error.status),
+            error_message=f"the SMSC at {self._where} refused the bind ({error}): check the "
             "smpp credential's SystemId, Password and SystemType",
         )
 

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from clarion.channels.base import Message, Outcome, Result
+from clarion.channels.base import Message, Outcome, Result, refused
 from clarion.channels.http1 import PooledSession, json_object
 from clarion.destinations import PERMISSIVE, DestinationNotAllowedError, DestinationPolicy
 
@@ -77,7 +77,7 @@ class TwilioSmsChannel:
                 body = await json_object(response)
                 return _classify(response.status, body, response.headers.get("Retry-After"))
         except DestinationNotAllowedError as exc:
-            return Result(outcome=Outcome.FAILED, error_code=exc.code, error_message=str(exc))
+            return refused(exc)
         except (aiohttp.ClientError, TimeoutError) as exc:
             return Result(outcome=Outcome.RETRY, error_message=f"Twilio unreachable: {exc!r}")
 

@@ -26,7 +26,7 @@ import msgspec
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from clarion.channels.base import Message, Outcome, Result
+from clarion.channels.base import Message, Outcome, Result, refused
 from clarion.channels.http1 import PooledSession, retry_after_seconds
 from clarion.destinations import PERMISSIVE, DestinationNotAllowedError, DestinationPolicy
 
@@ -184,7 +184,7 @@ class WebPushChannel:
                 text = await response.text(errors="replace")
                 return _classify(response.status, response.headers, text)
         except DestinationNotAllowedError as exc:
-            return Result(outcome=Outcome.FAILED, error_code=exc.code, error_message=str(exc))
+            return refused(exc)
         except (aiohttp.ClientError, TimeoutError) as exc:
             return Result(outcome=Outcome.RETRY, error_message=f"push service unreachable: {exc!r}")
 
