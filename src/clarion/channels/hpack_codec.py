@@ -51,6 +51,11 @@ DEFAULT_TABLE_SIZE = 4096
 # §4.1: an entry's size is its name and value lengths plus this.
 ENTRY_OVERHEAD = 32
 
+
+def entry_size(header: Header) -> int:
+    """§4.1: what `header` takes of a dynamic table (and of a header list's size, §6.5.2)."""
+    return len(header[0]) + len(header[1]) + ENTRY_OVERHEAD
+
 _STATIC: Sequence[Header] = HeaderTable.STATIC_TABLE
 # Index of each full (name, value) and of each name in the static table (the first one wins).
 _STATIC_HEADERS = {header: index for index, header in reversed(list(enumerate(_STATIC, 1)))}
@@ -139,7 +144,7 @@ class HeaderEncoder:
                     index = len(_STATIC) + self._inserted - number
             if index is not None:
                 parts.append(_INDEXED[index] if index < 0x7F else integer(index, 7, 0x80))
-            elif len(name) + len(value) + ENTRY_OVERHEAD <= self._max_size:
+            elif entry_size(key) <= self._max_size:
                 parts.append(_literal(name, value, prefix_bits=6, flags=0x40))
                 self._add(key)
             else:
@@ -156,7 +161,7 @@ class HeaderEncoder:
         return start
 
     def _add(self, header: Header) -> None:
-        size = len(header[0]) + len(header[1]) + ENTRY_OVERHEAD
+        size = entry_size(header)
         self._evict(room_for=size)
         self._entries.append((header, self._inserted))
         self._inserted_as[header] = self._inserted
@@ -167,7 +172,7 @@ class HeaderEncoder:
         """Drop the oldest entries until `room_for` more bytes fit (§4.4)."""
         while self._entries and self._size + room_for > self._max_size:
             header, number = self._entries.popleft()
-            self._size -= len(header[0]) + len(header[1]) + ENTRY_OVERHEAD
+            self._size -= entry_size(header)
             if self._inserted_as.get(header) == number:
                 del self._inserted_as[header]
 
@@ -226,7 +231,7 @@ class HeaderDecoder:
                     kind = NeverIndexedHeaderTuple if first & 0x10 else HeaderTuple
                     header, at = self._literal(data, at, 4, kind)
                 headers.append(header)
-                inflated += len(header[0]) + len(header[1]) + ENTRY_OVERHEAD
+                inflated += entry_size(header)
                 if inflated > self.max_header_list_size:
                     raise OversizedHeaderListError(
                         f"A header list larger than {self.max_header_list_size} has been received"
@@ -265,7 +270,7 @@ class HeaderDecoder:
         return kind(name, value), at
 
     def _add(self, header: HeaderTuple) -> None:
-        size = len(header[0]) + len(header[1]) + ENTRY_OVERHEAD
+        size = entry_size(header)
         if size > self._max_size:
             # §4.4: an entry larger than the table empties it and is not added.
             self._entries.clear()
@@ -278,7 +283,7 @@ class HeaderDecoder:
     def _evict(self, *, room_for: int) -> None:
         while self._entries and self._size + room_for > self._max_size:
             header = self._entries.pop()
-            self._size -= len(header[0]) + len(header[1]) + ENTRY_OVERHEAD
+            self._size -= entry_size(header)
 
 
 # An integer's continuation bytes beyond this many can only be an attack or garbage.
