@@ -457,11 +457,14 @@ class _Connection(asyncio.Protocol):
         timer fires about once per request timeout, however many requests it carries."""
         self._deadline_timer = None
         now = self._loop.time()
-        timed = [stream for stream in self._streams.values() if stream.deadline is not None]
-        for stream in timed:
-            if stream.deadline is not None and stream.deadline <= now:
-                self.abandon(stream)
-                stream.fail(RequestTimeoutError("no whole response within the request timeout"))
+        expired = [
+            stream
+            for stream in self._streams.values()
+            if stream.deadline is not None and stream.deadline <= now
+        ]
+        for stream in expired:  # a list first: abandoning a stream takes it out of `_streams`
+            self.abandon(stream)
+            stream.fail(RequestTimeoutError("no whole response within the request timeout"))
         upcoming = [s.deadline for s in self._streams.values() if s.deadline is not None]
         if upcoming:
             self._deadline_timer = self._loop.call_at(min(upcoming), self._expire_streams)
